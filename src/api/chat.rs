@@ -1,0 +1,40 @@
+//! `POST /v1/chat/completions`: stream or not, through the model's route.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::StreamExt;
+
+use super::extract::OpenAiJson;
+use super::sse;
+use crate::error::GatewayError;
+use crate::protocol::openai::ChatRequest;
+use crate::provider::CallContext;
+use crate::state::AppState;
+
+/// Creates a chat completion.
+#[tracing::instrument(skip_all, fields(model = %req.model, stream = req.is_stream()))]
+pub async fn create_chat_completion(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    OpenAiJson(req): OpenAiJson<ChatRequest>,
+) -> Result<Response, GatewayError> {
+    if req.messages.is_empty() {
+        return Err(GatewayError::invalid(
+            "`messages` must contain at least one message",
+            Some("messages"),
+        ));
+    }
+    let route = state.providers.route(&req.model)?;
+    if !req.is_stream() {
+        return Ok(Json(route.chat(req, ctx).await?).into_response());
+    }
+    let wants_usage = req.wants_usage();
+    let stream = route.chat_stream(req, ctx).await?;
+    // Sluice always asks upstream for usage; the extra chunk goes to the client only if it asked.
+    let stream = stream.filter(move |item| {
+        let keep = wants_usage || !matches!(item, Ok(chunk) if chunk.is_usage_only());
+        std::future::ready(keep)
+    });
+    Ok(sse::openai(&state, stream))
+}

@@ -1,0 +1,39 @@
+//! `POST /v1/completions` (legacy text completions).
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::StreamExt;
+
+use super::extract::OpenAiJson;
+use super::sse;
+use crate::error::GatewayError;
+use crate::protocol::openai::CompletionRequest;
+use crate::provider::CallContext;
+use crate::state::AppState;
+
+/// Creates a text completion.
+#[tracing::instrument(skip_all, fields(model = %req.model, stream = req.is_stream()))]
+pub async fn create_completion(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    OpenAiJson(req): OpenAiJson<CompletionRequest>,
+) -> Result<Response, GatewayError> {
+    if req.prompt.is_null() {
+        return Err(GatewayError::invalid(
+            "`prompt` is required",
+            Some("prompt"),
+        ));
+    }
+    let route = state.providers.route(&req.model)?;
+    if !req.is_stream() {
+        return Ok(Json(route.completion(req, ctx).await?).into_response());
+    }
+    let wants_usage = req.wants_usage();
+    let stream = route.completion_stream(req, ctx).await?;
+    let stream = stream.filter(move |item| {
+        let keep = wants_usage || !matches!(item, Ok(chunk) if chunk.is_usage_only());
+        std::future::ready(keep)
+    });
+    Ok(sse::openai(&state, stream))
+}

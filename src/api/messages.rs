@@ -1,0 +1,60 @@
+//! `POST /v1/messages`: the Anthropic Messages API in front of any provider. The request is translated to
+//! the canonical chat request, the response (or chunk stream) back into Anthropic's shape; errors on this
+//! route are rendered in Anthropic's error shape by [`anthropic_error_shape`].
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::StreamExt;
+
+use super::extract::OpenAiJson;
+use super::sse;
+use crate::error::GatewayError;
+use crate::protocol::anthropic::MessagesRequest;
+use crate::protocol::translate::{self, ChatToMessagesStream};
+use crate::provider::CallContext;
+use crate::state::AppState;
+
+/// Creates a message.
+#[tracing::instrument(skip_all, fields(model = %req.model, stream = req.stream.unwrap_or(false)))]
+pub async fn create_message(
+    State(state): State<AppState>,
+    ctx: CallContext,
+    OpenAiJson(req): OpenAiJson<MessagesRequest>,
+) -> Result<Response, GatewayError> {
+    if req.messages.is_empty() {
+        return Err(GatewayError::invalid(
+            "messages: at least one message is required",
+            Some("messages"),
+        ));
+    }
+    let stream = req.stream.unwrap_or(false);
+    let chat = translate::messages_to_chat_request(req)?;
+    let route = state.providers.route(&chat.model)?;
+    if !stream {
+        let reply = route.chat(chat, ctx).await?;
+        return Ok(Json(translate::chat_to_messages_response(reply)).into_response());
+    }
+    let model = route.model.clone();
+    let mut chunks = route.chat_stream(chat, ctx).await?;
+    let events = async_stream::stream! {
+        let mut state = ChatToMessagesStream::new(&model);
+        while let Some(item) = chunks.next().await {
+            match item {
+                Ok(chunk) => for event in state.on_chunk(&chunk) { yield Ok(event); },
+                Err(e) => { yield Err(e); return; }
+            }
+        }
+        for event in state.finish() { yield Ok(event); }
+    };
+    Ok(sse::anthropic(&state, events))
+}
+
+/// Route layer of `/v1/messages`: re-renders any [`GatewayError`] response (extractor, body limit, handler,
+/// later auth and rate limits) in Anthropic's error shape.
+pub async fn anthropic_error_shape(mut response: Response) -> Response {
+    match response.extensions_mut().remove::<GatewayError>() {
+        Some(error) => error.into_anthropic_response(),
+        None => response,
+    }
+}

@@ -1,0 +1,39 @@
+//! The route table: paths to handlers, nothing else.
+
+pub mod chat;
+pub mod completions;
+pub mod embeddings;
+pub mod extract;
+pub mod health;
+pub mod messages;
+pub mod models;
+pub mod sse;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::state::AppState;
+
+/// Routes that take traffic (authenticated, once auth exists).
+pub fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::create_chat_completion))
+        .route("/v1/completions", post(completions::create_completion))
+        .route("/v1/embeddings", post(embeddings::create_embeddings))
+        .route("/v1/models", get(models::list_models))
+        .route("/v1/models/{model}", get(models::get_model))
+        .merge(
+            Router::new()
+                .route("/v1/messages", post(messages::create_message))
+                .layer(axum::middleware::map_response(
+                    messages::anthropic_error_shape,
+                )),
+        )
+}
+
+/// Routes that are always open (health probes).
+pub fn open_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+}

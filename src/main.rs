@@ -1,0 +1,92 @@
+//! The `sluice` binary: parse the command line, load the config, start logging, serve.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::config::Config;
+use sluice::shutdown::{self, Shutdown};
+use sluice::{AppState, InitError, app, telemetry};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A small, fast LLM gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default command).
+    Serve {
+        /// Config file; without it the embedded default (mock provider, no keys) is used.
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address, overriding `server.listen`.
+        #[arg(long, short)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a config file (and its environment overrides) and exit.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve {
+        config: None,
+        listen: None,
+    }) {
+        Command::CheckConfig { file } => match Config::load(Some(&file)) {
+            Ok(config) => {
+                eprintln!(
+                    "{}: ok ({} providers, {} models)",
+                    file.display(),
+                    config.providers.len(),
+                    config.models.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(78) // EX_CONFIG
+            }
+        },
+        Command::Serve { config, listen } => match run(config, listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), InitError> {
+    let mut config = Config::load(path.as_deref())?;
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
+    telemetry::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = Shutdown::new(config.server.shutdown_grace);
+        let state = AppState::new(&config, shutdown.clone())?;
+        let addr = config.server.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| InitError::Bind { addr, source })?;
+        let on_signal = shutdown.clone();
+        state.tasks.spawn(async move {
+            shutdown::signal().await;
+            on_signal.trigger();
+        });
+        app::serve(listener, state).await?;
+        Ok(())
+    })
+}

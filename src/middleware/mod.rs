@@ -1,0 +1,3 @@
+//! The layers between the router and the handlers. Their order is documented and assembled in `app.rs`.
+
+pub mod trace;

@@ -1,0 +1,92 @@
+//! The pooled HTTP client of one provider: connect timeout, per-read idle timeout, keep-alive pool,
+//! HTTP/2 through ALPN, rustls, no redirects, credentials as sensitive default headers.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::InitError;
+use crate::config::HttpProviderConfig;
+
+/// Builds the provider's client. `auth` is the credential header (name, value) if the provider has a key.
+pub fn build(
+    name: &str,
+    config: &HttpProviderConfig,
+    auth: Option<(HeaderName, String)>,
+) -> Result<reqwest::Client, InitError> {
+    let mut headers = HeaderMap::new();
+    if let Some((header, secret)) = auth {
+        let mut value = HeaderValue::from_str(&secret).map_err(|_| {
+            InitError::Config(format!(
+                "providers.{name}: the API key is not a valid header value"
+            ))
+        })?;
+        // Sensitive values are redacted from Debug output and never indexed by HPACK.
+        value.set_sensitive(true);
+        headers.insert(header, value);
+    }
+    for (k, v) in &config.headers {
+        let name_ = HeaderName::try_from(k.as_str()).map_err(|_| {
+            InitError::Config(format!("providers.{name}.headers: invalid name {k}"))
+        })?;
+        let value = HeaderValue::from_str(v).map_err(|_| {
+            InitError::Config(format!("providers.{name}.headers.{k}: invalid value"))
+        })?;
+        headers.insert(name_, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(config.connect_timeout)
+        // Per read, so it bounds silence, not the length of a stream (`timeout` would cut long streams).
+        .read_timeout(config.idle_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .tcp_keepalive(Duration::from_secs(30))
+        // Upstream URLs come only from config; a redirect must not send the key somewhere else.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| InitError::Config(format!("providers.{name}: cannot build HTTP client: {e}")))
+}
+
+/// Reads the key named by `api_key_env`, if any.
+pub fn api_key(name: &str, config: &HttpProviderConfig) -> Result<Option<String>, InitError> {
+    match &config.api_key_env {
+        None => Ok(None),
+        Some(var) => std::env::var(var).map(Some).map_err(|_| {
+            InitError::Config(format!("providers.{name}.api_key_env: {var} is not set"))
+        }),
+    }
+}
+
+/// Joins the configured base URL and an endpoint path (`chat/completions`).
+pub fn endpoint(base_url: &str, path: &str) -> String {
+    format!("{}/{}", base_url.trim_end_matches('/'), path)
+}
+
+/// Why a request to the upstream failed, in words safe for a client (no URL, no credentials).
+pub fn describe(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "could not connect to the upstream".to_owned()
+    } else if e.is_timeout() {
+        "the upstream timed out".to_owned()
+    } else if e.is_body() || e.is_decode() {
+        "the upstream connection broke while reading the response".to_owned()
+    } else {
+        "the request to the upstream failed".to_owned()
+    }
+}
+
+/// Reads at most `limit` bytes of an error response body.
+pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = limit.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    out
+}

@@ -1,0 +1,243 @@
+//! OpenAI-compatible upstreams (OpenAI, vLLM, Ollama, llama.cpp server, Groq, OpenRouter, ...).
+//!
+//! Requests are forwarded with every field the client sent; only `model` is rewritten and, for streams,
+//! `stream_options.include_usage` is switched on so Sluice always learns the usage (the API layer drops
+//! the extra chunk when the client did not ask for it).
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::StreamExt;
+use http::HeaderName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::http_client::{self, describe, endpoint, read_capped};
+use super::sse_decode::{error_from_upstream, error_in_stream, events};
+use super::{CallContext, ChunkStream, CompletionStream, Provider};
+use crate::InitError;
+use crate::config::HttpProviderConfig;
+use crate::error::GatewayError;
+use crate::protocol::openai::{
+    ChatChunk, ChatCompletion, ChatRequest, Completion, CompletionRequest, EmbeddingsRequest,
+    EmbeddingsResponse, StreamOptions,
+};
+
+/// Largest upstream error body read (bytes).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// An OpenAI-compatible provider.
+pub struct OpenAi {
+    name: String,
+    base_url: String,
+    client: reqwest::Client,
+    stream_usage: bool,
+}
+
+impl OpenAi {
+    /// Builds the provider and its pooled client.
+    pub fn new(name: &str, config: &HttpProviderConfig) -> Result<Self, InitError> {
+        let auth = http_client::api_key(name, config)?
+            .map(|key| (http::header::AUTHORIZATION, format!("Bearer {key}")));
+        Ok(Self {
+            name: name.to_owned(),
+            base_url: config.base_url.clone(),
+            client: http_client::build(name, config, auth)?,
+            stream_usage: config.stream_usage,
+        })
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        ctx: &CallContext,
+    ) -> Result<reqwest::Response, GatewayError> {
+        let mut request = self.client.post(endpoint(&self.base_url, path)).json(body);
+        if let Some(id) = &ctx.request_id {
+            request = request.header(HeaderName::from_static("x-request-id"), id.clone());
+        }
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            let status = response.status();
+            let body = read_capped(response, ERROR_BODY_LIMIT).await;
+            Err(error_from_upstream(&self.name, status, &body))
+        }
+    }
+
+    fn transport(&self, e: &reqwest::Error) -> GatewayError {
+        if e.is_timeout() && e.is_connect() {
+            GatewayError::UpstreamTimeout {
+                provider: self.name.clone(),
+                phase: "connect",
+            }
+        } else if e.is_timeout() {
+            GatewayError::UpstreamTimeout {
+                provider: self.name.clone(),
+                phase: "idle",
+            }
+        } else {
+            GatewayError::UpstreamFailed {
+                provider: self.name.clone(),
+                message: describe(e),
+            }
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        ctx: &CallContext,
+    ) -> Result<T, GatewayError> {
+        let response = self.send(path, body, ctx).await?;
+        let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
+        serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamFailed {
+            provider: self.name.clone(),
+            message: format!("the upstream sent a response Sluice cannot read: {e}"),
+        })
+    }
+
+    /// Opens an SSE stream and decodes each `data:` payload as `T` until `[DONE]`.
+    async fn stream<T>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        ctx: &CallContext,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<T, GatewayError>>, GatewayError>
+    where
+        T: DeserializeOwned + Finishes + Send + 'static,
+    {
+        let response = self.send(path, body, ctx).await?;
+        let provider = self.name.clone();
+        let mut events = events(&self.name, response.bytes_stream()).boxed();
+        Ok(async_stream::stream! {
+            let mut finished = false;
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => { yield Err(e); return; }
+                };
+                if event.data == "[DONE]" {
+                    return;
+                }
+                match serde_json::from_str::<Value>(&event.data) {
+                    Ok(v) if v.get("error").is_some_and(|e| !e.is_null()) => {
+                        yield Err(error_in_stream(&provider, &v["error"]));
+                        return;
+                    }
+                    Ok(v) => match serde_json::from_value::<T>(v) {
+                        Ok(item) => {
+                            finished |= item.finishes();
+                            yield Ok(item);
+                        }
+                        Err(e) => {
+                            yield Err(malformed(&provider, &e));
+                            return;
+                        }
+                    },
+                    Err(e) => { yield Err(malformed(&provider, &e)); return; }
+                }
+            }
+            // The connection closed cleanly without `[DONE]`. Accept it only if the reply was complete.
+            if !finished {
+                yield Err(GatewayError::UpstreamFailed {
+                    provider: provider.clone(),
+                    message: "the upstream closed the stream before the reply was complete".to_owned(),
+                });
+            }
+        }
+        .boxed())
+    }
+}
+
+fn malformed(provider: &str, e: &serde_json::Error) -> GatewayError {
+    GatewayError::UpstreamFailed {
+        provider: provider.to_owned(),
+        message: format!("the upstream sent a malformed chunk: {e}"),
+    }
+}
+
+/// Chunk types that can tell whether they complete the reply.
+trait Finishes {
+    fn finishes(&self) -> bool;
+}
+
+impl Finishes for ChatChunk {
+    fn finishes(&self) -> bool {
+        self.usage.is_some() || self.choices.iter().any(|c| c.finish_reason.is_some())
+    }
+}
+
+impl Finishes for Completion {
+    fn finishes(&self) -> bool {
+        self.usage.is_some() || self.choices.iter().any(|c| c.finish_reason.is_some())
+    }
+}
+
+fn ask_for_usage(options: &mut Option<StreamOptions>) {
+    options
+        .get_or_insert_with(StreamOptions::default)
+        .include_usage = Some(true);
+}
+
+impl Provider for OpenAi {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "openai"
+    }
+
+    fn chat(
+        &self,
+        req: ChatRequest,
+        ctx: CallContext,
+    ) -> BoxFuture<'_, Result<ChatCompletion, GatewayError>> {
+        Box::pin(async move { self.call("chat/completions", &req, &ctx).await })
+    }
+
+    fn chat_stream(
+        &self,
+        mut req: ChatRequest,
+        ctx: CallContext,
+    ) -> BoxFuture<'_, Result<ChunkStream, GatewayError>> {
+        Box::pin(async move {
+            if self.stream_usage {
+                ask_for_usage(&mut req.stream_options);
+            }
+            self.stream("chat/completions", &req, &ctx).await
+        })
+    }
+
+    fn completion(
+        &self,
+        req: CompletionRequest,
+        ctx: CallContext,
+    ) -> BoxFuture<'_, Result<Completion, GatewayError>> {
+        Box::pin(async move { self.call("completions", &req, &ctx).await })
+    }
+
+    fn completion_stream(
+        &self,
+        mut req: CompletionRequest,
+        ctx: CallContext,
+    ) -> BoxFuture<'_, Result<CompletionStream, GatewayError>> {
+        Box::pin(async move {
+            if self.stream_usage {
+                ask_for_usage(&mut req.stream_options);
+            }
+            self.stream("completions", &req, &ctx).await
+        })
+    }
+
+    fn embeddings(
+        &self,
+        req: EmbeddingsRequest,
+        ctx: CallContext,
+    ) -> BoxFuture<'_, Result<EmbeddingsResponse, GatewayError>> {
+        Box::pin(async move { self.call("embeddings", &req, &ctx).await })
+    }
+}

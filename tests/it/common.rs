@@ -1,0 +1,177 @@
+//! Shared test harness: start the real server on 127.0.0.1:0 against in-process mock upstreams, and read
+//! SSE responses.
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use sluice::config::Config;
+use sluice::shutdown::Shutdown;
+use sluice::testkit::upstream::MockUpstream;
+use sluice::{AppState, app};
+use tokio::net::TcpListener;
+
+/// The upstream key the test config names (set in `.cargo/config.toml`).
+pub const UPSTREAM_KEY: &str = "sk-test-upstream-0123456789abcdef";
+
+/// A running gateway.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub shutdown: Shutdown,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestApp {
+    /// Starts the gateway with this TOML config.
+    pub async fn start(config: &str) -> Self {
+        let config = Config::from_toml(config).expect("test config is valid");
+        let shutdown = Shutdown::new(config.server.shutdown_grace);
+        let state = AppState::new(&config, shutdown.clone()).expect("state builds");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(app::serve(listener, state));
+        Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            shutdown,
+            server,
+        }
+    }
+
+    /// Starts the gateway with the standard config pointing at `upstream`, plus `server` lines in `[server]`
+    /// and `provider` lines added to both HTTP providers.
+    pub async fn with_upstream(upstream: &MockUpstream, server: &str, provider: &str) -> Self {
+        Self::start(&standard_config(&upstream.base_url(), server, provider)).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs JSON.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs JSON and returns status and parsed JSON body.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let resp = self.post(path, body).await;
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// Asserts the gateway still answers.
+    pub async fn assert_healthy(&self) {
+        let resp = self.client.get(self.url("/healthz")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+/// Mock provider `mock` (model `mock-gpt`), OpenAI-compatible provider `up` (model `gpt` -> `gpt-upstream`)
+/// and Anthropic provider `claude` (model `claude` -> `claude-upstream`), both at `base_url`.
+pub fn standard_config(base_url: &str, server: &str, provider: &str) -> String {
+    format!(
+        r#"
+[server]
+shutdown_grace = "5s"
+{server}
+
+[providers.mock]
+kind = "mock"
+output_tokens = 5
+
+[providers.up]
+kind = "openai"
+base_url = "{base_url}"
+api_key_env = "SLUICE_TEST_UPSTREAM_KEY"
+{provider}
+
+[providers.claude]
+kind = "anthropic"
+base_url = "{base_url}"
+api_key_env = "SLUICE_TEST_UPSTREAM_KEY"
+{provider}
+
+[models.mock-gpt]
+provider = "mock"
+
+[models.gpt]
+provider = "up"
+upstream = "gpt-upstream"
+
+[models.claude]
+provider = "claude"
+upstream = "claude-upstream"
+
+[models.mock-embed]
+provider = "mock"
+"#
+    )
+}
+
+/// One SSE event as a client sees it.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub event: String,
+    pub data: String,
+}
+
+impl Sse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", self.data))
+    }
+}
+
+/// Reads a whole SSE response into events.
+pub async fn read_sse(resp: reqwest::Response) -> Vec<Sse> {
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "not an event stream: {:?}",
+        resp.headers()
+    );
+    let mut events = resp.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .expect("stream stalled")
+    {
+        let event = event.expect("well-formed SSE");
+        out.push(Sse {
+            event: event.event,
+            data: event.data,
+        });
+    }
+    out
+}
+
+/// The text of an OpenAI chat stream: `choices[0].delta.content` joined.
+pub fn chat_text(events: &[Sse]) -> String {
+    events
+        .iter()
+        .filter(|e| e.data != "[DONE]")
+        .filter_map(|e| {
+            e.json()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// A chat request body.
+pub fn chat_body(model: &str, text: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}], "stream": stream})
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the real server on 127.0.0.1:0 against in-process mock upstreams speaking the real
+//! OpenAI and Anthropic wire formats. One test binary (faster to build and link than one per file).
+
+mod anthropic;
+mod chat;
+mod chat_stream;
+mod cli;
+mod common;
+mod errors;
+mod load;
+mod sdk;
+mod shutdown;
+mod snapshots;

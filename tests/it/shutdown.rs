@@ -1,0 +1,141 @@
+//! Graceful shutdown during a stream: in-flight streams finish within the grace period; past it they end
+//! with an error event; the real binary does the same on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sluice::testkit::upstream::{Behavior, MockUpstream};
+
+use crate::common::{TestApp, chat_body, chat_text, read_sse, standard_config};
+
+#[tokio::test]
+async fn in_flight_streams_finish_after_the_signal() {
+    let upstream = MockUpstream::start().await.unwrap();
+    upstream.set_behavior(Behavior {
+        token_delay: Duration::from_millis(100),
+        ..Behavior::default()
+    });
+    let app = TestApp::with_upstream(&upstream, "", "").await;
+    let resp = app
+        .post("/v1/chat/completions", &chat_body("gpt", "hi", true))
+        .await;
+    assert_eq!(resp.status(), 200);
+    app.shutdown.trigger();
+    let events = read_sse(resp).await;
+    assert_eq!(chat_text(&events), "Hello from the mock upstream.");
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let served = tokio::time::timeout(Duration::from_secs(10), app.server)
+        .await
+        .expect("server stopped")
+        .unwrap();
+    assert!(served.is_ok());
+    // The listener is closed: new connections are refused.
+    assert!(
+        app.client
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn streams_still_open_after_the_grace_period_end_with_an_error_event() {
+    let upstream = MockUpstream::start().await.unwrap();
+    upstream.set_behavior(Behavior {
+        token_delay: Duration::from_secs(60),
+        ..Behavior::default()
+    });
+    let app = TestApp::start(
+        &standard_config(&upstream.base_url(), "", "")
+            .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"200ms\""),
+    )
+    .await;
+    let resp = app
+        .post("/v1/chat/completions", &chat_body("gpt", "hi", true))
+        .await;
+    let mut events = eventsource_stream::Eventsource::eventsource(resp.bytes_stream());
+    events.next().await.unwrap().unwrap();
+    app.shutdown.trigger();
+    let mut last = None;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("stream ended")
+    {
+        last = Some(event.unwrap().data);
+    }
+    let last: serde_json::Value = serde_json::from_str(&last.unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "server_shutting_down", "{last}");
+    let served = tokio::time::timeout(Duration::from_secs(10), app.server)
+        .await
+        .expect("server stopped")
+        .unwrap();
+    assert!(served.is_ok());
+}
+
+#[tokio::test]
+async fn the_binary_drains_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("sluice-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sluice.toml");
+    let text =
+        sluice::config::DEFAULT_CONFIG.replace("token_delay = \"0ms\"", "token_delay = \"50ms\"");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("SLUICE_LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if record["message"] == "sluice listening" {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(record["addr"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("sluice started")
+        .unwrap();
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&chat_body("mock-gpt", "hi", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let events = read_sse(resp).await;
+    assert_eq!(
+        events.last().unwrap().data,
+        "[DONE]",
+        "the stream completed during the drain"
+    );
+    assert_eq!(chat_text(&events).split(' ').count(), 16);
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    std::fs::remove_dir_all(dir).ok();
+}
