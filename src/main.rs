@@ -1,7 +1,7 @@
 //! The `sluice` binary: parse the command line, load the config, start logging, serve.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
                 ExitCode::from(78) // EX_CONFIG
             }
         },
-        Command::Serve { config, listen } => match run(config, listen) {
+        Command::Serve { config, listen } => match run(config.as_deref(), listen) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -65,8 +65,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), InitError> {
-    let mut config = Config::load(path.as_deref())?;
+fn run(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<(), InitError> {
+    let mut config = Config::load(path)?;
     if let Some(addr) = listen {
         config.server.listen = addr;
     }

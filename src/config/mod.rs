@@ -95,7 +95,14 @@ impl Config {
     /// Loads `path` (or the embedded default), applies `SLUICE_*` overrides from the process environment
     /// and validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, Env::prefixed(ENV_PREFIX).split("__"))
+        // Only `SLUICE_<SECTION>__<KEY>` names are config overrides; other `SLUICE_*` variables
+        // (`SLUICE_CONFIG`, key variables named by `api_key_env`) are not.
+        Self::load_with_env(
+            path,
+            Env::prefixed(ENV_PREFIX)
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        )
     }
 
     /// Parses a TOML string without environment overrides (tests, `check-config` of inline text).
@@ -244,7 +251,7 @@ mod tests {
     fn bad_env_override_is_reported() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SLUICE_SERVER__MAX_BODY_BYTES", "lots");
-            let err = Config::load(None).unwrap_err().to_string();
+            let err = Config::load(None).unwrap_err().to_string().to_lowercase();
             assert!(err.contains("max_body_bytes"), "{err}");
             Ok(())
         });

@@ -58,7 +58,8 @@ pub struct HttpProviderConfig {
     /// TCP + TLS connect timeout.
     #[serde(default = "defaults::connect", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// From sending the request to the first response event (or the whole body, non-streaming).
+    /// From sending the request to the first stream event; for non-streaming calls, to the response
+    /// headers, which upstreams send after the whole generation.
     #[serde(default = "defaults::first_byte", with = "humantime_serde")]
     pub first_byte_timeout: Duration,
     /// Longest silence between two stream events.
@@ -216,7 +217,7 @@ mod defaults {
         Duration::from_secs(10)
     }
     pub fn first_byte() -> Duration {
-        Duration::from_mins(2)
+        Duration::from_mins(5)
     }
     pub fn idle() -> Duration {
         Duration::from_mins(2)

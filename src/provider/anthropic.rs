@@ -23,6 +23,7 @@ pub struct Anthropic {
     name: String,
     base_url: String,
     client: reqwest::Client,
+    first_byte_timeout: std::time::Duration,
     default_max_tokens: u32,
     version: HeaderValue,
 }
@@ -41,6 +42,7 @@ impl Anthropic {
             name: name.to_owned(),
             base_url: config.base_url.clone(),
             client: http_client::build(name, config, auth)?,
+            first_byte_timeout: config.first_byte_timeout,
             default_max_tokens: config.default_max_tokens,
             version,
         })
@@ -62,7 +64,14 @@ impl Anthropic {
         if let Some(id) = &ctx.request_id {
             request = request.header(HeaderName::from_static("x-request-id"), id.clone());
         }
-        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        // For a non-streaming call the headers come after the whole generation, so this bounds it too.
+        let response = tokio::time::timeout(self.first_byte_timeout, request.send())
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout {
+                provider: self.name.clone(),
+                phase: "first byte",
+            })?
+            .map_err(|e| self.transport(&e))?;
         if response.status().is_success() {
             Ok(response)
         } else {

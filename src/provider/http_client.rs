@@ -37,9 +37,10 @@ pub fn build(
     reqwest::Client::builder()
         .default_headers(headers)
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+        // Only the connect phase is timed here. First byte, idle and total are enforced by
+        // `provider::Route` for every provider alike (a reqwest `timeout` would cut long streams, and a
+        // second idle timer here would race the one that reports the phase).
         .connect_timeout(config.connect_timeout)
-        // Per read, so it bounds silence, not the length of a stream (`timeout` would cut long streams).
-        .read_timeout(config.idle_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)

@@ -113,15 +113,11 @@ impl Mock {
     }
 
     fn injected(&self) -> GatewayError {
-        if self.config.failure_mode == FailureMode::Panic {
-            #[expect(
-                clippy::panic,
-                reason = "an injected panic, to test that panics become 500s"
-            )]
-            {
-                panic!("injected mock panic");
-            }
-        }
+        // An injected panic, to test that panics become 500s and the server stays up.
+        assert!(
+            self.config.failure_mode != FailureMode::Panic,
+            "injected mock panic"
+        );
         GatewayError::UpstreamFailed {
             provider: self.name.clone(),
             message: "injected mock failure".to_owned(),

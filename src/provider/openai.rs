@@ -30,6 +30,7 @@ pub struct OpenAi {
     name: String,
     base_url: String,
     client: reqwest::Client,
+    first_byte_timeout: std::time::Duration,
     stream_usage: bool,
 }
 
@@ -42,6 +43,7 @@ impl OpenAi {
             name: name.to_owned(),
             base_url: config.base_url.clone(),
             client: http_client::build(name, config, auth)?,
+            first_byte_timeout: config.first_byte_timeout,
             stream_usage: config.stream_usage,
         })
     }
@@ -56,7 +58,14 @@ impl OpenAi {
         if let Some(id) = &ctx.request_id {
             request = request.header(HeaderName::from_static("x-request-id"), id.clone());
         }
-        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        // For a non-streaming call the headers come after the whole generation, so this bounds it too.
+        let response = tokio::time::timeout(self.first_byte_timeout, request.send())
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout {
+                provider: self.name.clone(),
+                phase: "first byte",
+            })?
+            .map_err(|e| self.transport(&e))?;
         if response.status().is_success() {
             Ok(response)
         } else {

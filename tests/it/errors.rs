@@ -65,7 +65,7 @@ async fn malformed_and_hostile_bodies_get_400s_and_the_server_stays_up() {
         (
             "deeply nested",
             format!(
-                "{{\"model\":\"mock-gpt\",\"messages\":{}{}}}",
+                "{{\"model\":\"mock-gpt\",\"messages\":[],\"metadata\":{}{}}}",
                 "[".repeat(50_000),
                 "]".repeat(50_000)
             )

@@ -1,6 +1,14 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 against in-process mock upstreams speaking the real
 //! OpenAI and Anthropic wire formats. One test binary (faster to build and link than one per file).
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods,
+    reason = "test code, helpers included: failing loudly is the point, and tests spawn freely"
+)]
+
 mod anthropic;
 mod chat;
 mod chat_stream;

@@ -7,16 +7,15 @@ use std::process::Command;
 use crate::common::TestApp;
 
 fn python() -> Option<String> {
-    match std::env::var("SLUICE_SDK_PYTHON") {
-        Ok(p) => Some(p),
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but SLUICE_SDK_PYTHON is not set: run the suite through scripts/test")
-        }
-        Err(_) => {
-            eprintln!("skipping SDK test: SLUICE_SDK_PYTHON not set (scripts/test sets it)");
-            None
-        }
+    if let Ok(python) = std::env::var("SLUICE_SDK_PYTHON") {
+        return Some(python);
     }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true but SLUICE_SDK_PYTHON is not set: run the suite through scripts/test"
+    );
+    eprintln!("skipping SDK test: SLUICE_SDK_PYTHON not set (scripts/test sets it)");
+    None
 }
 
 async fn run_script(script: &str, app: &TestApp) -> serde_json::Value {

@@ -45,7 +45,7 @@ async fn in_flight_streams_finish_after_the_signal() {
 async fn streams_still_open_after_the_grace_period_end_with_an_error_event() {
     let upstream = MockUpstream::start().await.unwrap();
     upstream.set_behavior(Behavior {
-        token_delay: Duration::from_secs(60),
+        token_delay: Duration::from_mins(1),
         ..Behavior::default()
     });
     let app = TestApp::start(
@@ -101,10 +101,10 @@ async fn the_binary_drains_on_sigterm() {
             let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if record["message"] == "sluice listening" {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(record["addr"].as_str().unwrap().to_owned());
-                }
+            if record["message"] == "sluice listening"
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(record["addr"].as_str().unwrap().to_owned());
             }
         }
     });
