@@ -116,7 +116,7 @@ impl OpenAi {
         ctx: &CallContext,
     ) -> Result<futures_util::stream::BoxStream<'static, Result<T, GatewayError>>, GatewayError>
     where
-        T: DeserializeOwned + Finishes + Send + 'static,
+        T: DeserializeOwned + StreamItem + Send + 'static,
     {
         let response = self.send(path, body, ctx).await?;
         let provider = self.name.clone();
@@ -131,22 +131,20 @@ impl OpenAi {
                 if event.data == "[DONE]" {
                     return;
                 }
-                match serde_json::from_str::<Value>(&event.data) {
-                    Ok(v) if v.get("error").is_some_and(|e| !e.is_null()) => {
-                        yield Err(error_in_stream(&provider, &v["error"]));
-                        return;
-                    }
-                    Ok(v) => match serde_json::from_value::<T>(v) {
-                        Ok(item) => {
-                            finished |= item.finishes();
-                            yield Ok(item);
-                        }
-                        Err(e) => {
-                            yield Err(malformed(&provider, &e));
+                // One parse per event: an in-stream `{"error": ..}` lands in the chunk's `extra`.
+                match serde_json::from_str::<T>(&event.data) {
+                    Ok(item) => {
+                        if let Some(error) = item.error() {
+                            yield Err(error_in_stream(&provider, error));
                             return;
                         }
-                    },
-                    Err(e) => { yield Err(malformed(&provider, &e)); return; }
+                        finished |= item.finishes();
+                        yield Ok(item);
+                    }
+                    Err(e) => {
+                        yield Err(malformed(&provider, &e));
+                        return;
+                    }
                 }
             }
             // The connection closed cleanly without `[DONE]`. Accept it only if the reply was complete.
@@ -168,20 +166,31 @@ fn malformed(provider: &str, e: &serde_json::Error) -> GatewayError {
     }
 }
 
-/// Chunk types that can tell whether they complete the reply.
-trait Finishes {
+/// What the stream reader needs to know about an upstream chunk type.
+trait StreamItem {
+    /// True if the chunk completes the reply (a finish reason or the final usage).
     fn finishes(&self) -> bool;
+    /// The error object of an in-stream `{"error": ..}` event.
+    fn error(&self) -> Option<&Value>;
 }
 
-impl Finishes for ChatChunk {
+impl StreamItem for ChatChunk {
     fn finishes(&self) -> bool {
         self.usage.is_some() || self.choices.iter().any(|c| c.finish_reason.is_some())
     }
+
+    fn error(&self) -> Option<&Value> {
+        self.extra.get("error").filter(|e| !e.is_null())
+    }
 }
 
-impl Finishes for Completion {
+impl StreamItem for Completion {
     fn finishes(&self) -> bool {
         self.usage.is_some() || self.choices.iter().any(|c| c.finish_reason.is_some())
+    }
+
+    fn error(&self) -> Option<&Value> {
+        self.extra.get("error").filter(|e| !e.is_null())
     }
 }
 
