@@ -14,7 +14,7 @@ RATES="${RATES:-500 2000}"              # fixed request rates (req/s)
 CONNS="${CONNS:-50}"                    # connections for fixed-rate runs
 MAX_CONNS="${MAX_CONNS:-64}"            # connections for the max-throughput run
 MAX_DURATION="${MAX_DURATION:-10s}"     # duration of the max-throughput run
-STREAMS="${STREAMS:-1000 10000}"        # open streams for the RSS test
+STREAMS="${STREAMS:-1000 9000 10000}"   # open streams for the RSS test (10,000 needs > 20,000 fds)
 RELAY_RATE="${RELAY_RATE:-100}"         # streams/s in the chunk-relay test
 RELAY_TOKENS="${RELAY_TOKENS:-20}"      # chunks per stream in the chunk-relay test
 RELAY_DELAY_MS="${RELAY_DELAY_MS:-5}"   # ms between chunks in the chunk-relay test
@@ -182,6 +182,11 @@ fi
 SLUICE="${SLUICE_BIN:-$REPO/target/release/sluice}"                     # overridable to test the harness
 UPSTREAM="${UPSTREAM_BIN:-$REPO/target/release/sluice-mock-upstream}"
 [[ -x "$SLUICE" && -x "$UPSTREAM" ]] || die "missing $SLUICE or $UPSTREAM (build first)"
+{
+  echo "sluice_binary: $SLUICE built $(date -u -r "$SLUICE" +%Y-%m-%dT%H:%M:%SZ) sha256 $(sha256sum "$SLUICE" | cut -c1-16)"
+  echo "upstream_binary: $UPSTREAM built $(date -u -r "$UPSTREAM" +%Y-%m-%dT%H:%M:%SZ)"
+  echo "git_status: $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l) changed files under src/ and Cargo.*"
+} >>"$OUT/machine.txt"
 
 # ---- quiet-machine gate and noise accounting ----------------------------------------------------
 cpu_busy_pct() {  # machine-wide CPU busy % over $1 seconds
@@ -226,20 +231,28 @@ ours_ticks() {
   echo $(( t + ${stat% *} + ${stat#* } ))
 }
 all_ticks() { awk '/^cpu /{print $2+$3+$4}' /proc/stat; }  # user+nice+system, as process times count
-echo -e "measurement\tother_cpu_pct\trustc_seen\tloadavg_after" >"$OUT/noise.tsv"
+proxy_ticks() {  # CPU ticks of the process on core 0 (sluice, or the nginx worker)
+  local t=0 pid stat
+  for pid in ${SLUICE_PID:-} $( [[ -n "${NGINX_PID:-}" ]] && pgrep -P "$NGINX_PID" 2>/dev/null ); do
+    stat=$(cut -d' ' -f14-15 "/proc/$pid/stat" 2>/dev/null) || continue
+    t=$(( t + ${stat% *} + ${stat#* } ))
+  done
+  echo "$t"
+}
+echo -e "measurement\tother_cpu_pct\trustc_seen\tloadavg_after\tproxy_cpu_pct" >"$OUT/noise.tsv"
 measure() {  # measure NAME CMD... : gate, run, record the noise
   local name="$1"; shift
   wait_quiet
-  local a0 o0 a1 o1 rs=no
-  a0=$(all_ticks); o0=$(ours_ticks)
+  local a0 o0 a1 o1 p0 p1 rs=no
+  a0=$(all_ticks); o0=$(ours_ticks); p0=$(proxy_ticks)
   rustc_running && rs=yes
   "$@"
   rustc_running && rs=yes
-  a1=$(all_ticks); o1=$(ours_ticks)
+  a1=$(all_ticks); o1=$(ours_ticks); p1=$(proxy_ticks)
   local secs_ticks=$(( a1 - a0 - (o1 - o0) ))
   # other processes' CPU as % of one core over the measurement, approximated from ticks (100/s)
   local dur=${MEASURE_SECONDS:-1}
-  echo -e "$name\t$(( secs_ticks < 0 ? 0 : secs_ticks / dur ))\t$rs\t$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/noise.tsv"
+  echo -e "$name\t$(( secs_ticks < 0 ? 0 : secs_ticks / dur ))\t$rs\t$(cut -d' ' -f1 /proc/loadavg)\t$(( (p1 - p0) / dur ))" >>"$OUT/noise.tsv"
 }
 
 # ---- configs --------------------------------------------------------------------------------------

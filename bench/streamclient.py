@@ -58,7 +58,7 @@ class Conn(asyncio.Protocol):
 
     __slots__ = (
         "client", "transport", "buf", "state", "remaining", "chunked", "t_sched", "t_send", "t_head",
-        "t_first", "status", "closed", "relay", "sse", "keep_alive", "busy", "tail",
+        "t_first", "status", "closed", "relay", "sse", "keep_alive", "busy", "tail", "sock", "quickack",
     )
 
     def __init__(self, client: "Client"):
@@ -83,6 +83,12 @@ class Conn(asyncio.Protocol):
     # -- asyncio callbacks --------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.sock = None
+        if self.client.args.quickack:
+            import socket
+
+            self.sock = transport.get_extra_info("socket")
+            self.quickack = (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -90,6 +96,8 @@ class Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         t = now_ns()
+        if self.sock is not None:  # --quickack: acknowledge at once, never delay an ACK
+            self.sock.setsockopt(*self.quickack)
         self.buf += data
         try:
             self.parse(t)
@@ -473,6 +481,8 @@ def main() -> int:
     p.add_argument("--hold", type=float, default=30, help="seconds to keep the streams open (hold)")
     p.add_argument("--ready-file", help="hold: write the JSON line here once the streams are open")
     p.add_argument("--out", help="write the JSON result here instead of stdout")
+    p.add_argument("--quickack", action="store_true",
+                   help="set TCP_QUICKACK after every read (diagnosis: takes the client's delayed ACK out of the picture)")
     args = p.parse_args()
 
     from urllib.parse import urlsplit
@@ -499,7 +509,7 @@ def main() -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
-    if args.mode != "hold" or not args.out:
+    if not args.out:
         print(text)
     return 0
 

@@ -79,6 +79,17 @@ def oha_stats(d):
     }
 
 
+def oha_first_byte(d):
+    """oha's time to the first body frame (from sending, not latency-corrected), in ms."""
+    st = oha_stats(d)
+    if st is None:
+        return None
+    fb = d.get("firstBytePercentiles") or {}
+    for k in ("p50", "p99", "p99.9"):
+        st[k] = None if fb.get(k) is None else fb[k] * 1000
+    return st
+
+
 def client_stats(d, key):
     if d is None or key not in d or not d[key].get("count"):
         return None
@@ -105,7 +116,8 @@ def noise_flags(out):
                 if len(parts) >= 3:
                     name, pct, rustc = parts[0], int(parts[1] or 0), parts[2]
                     flags[name] = {"other_cpu_pct": pct, "rustc": rustc == "yes",
-                                   "noisy": pct > NOISE_PCT or rustc == "yes"}
+                                   "noisy": pct > NOISE_PCT or rustc == "yes",
+                                   "proxy_cpu_pct": int(parts[4]) if len(parts) > 4 and parts[4] else None}
     except OSError:
         pass
     return flags
@@ -133,6 +145,7 @@ def latency_section(out, section, rates, runs, noise, reader):
                 if st is not None:
                     st["run"] = r
                     st["noisy"] = noise.get(name, {}).get("noisy", False)
+                    st["proxy_cpu_pct"] = noise.get(name, {}).get("proxy_cpu_pct")
                 per_run.append(st)
             per_target[t] = per_run
         if not any(s for runs_ in per_target.values() for s in runs_):
@@ -141,7 +154,7 @@ def latency_section(out, section, rates, runs, noise, reader):
         for t in TARGETS:
             pr = per_target[t]
             row = {"runs": pr}
-            for k in ("p50", "p99", "p99.9", "rps", "sched_p99"):
+            for k in ("p50", "p99", "p99.9", "rps", "sched_p99", "proxy_cpu_pct"):
                 row[k] = med([s.get(k) if s else None for s in pr])
             for k in ("p50", "p99", "p99.9"):
                 added = []
@@ -170,7 +183,7 @@ def runs_cell(vals, noisy=None, digits=2):
 
 def md_latency(title, data, note, sched=False):
     lines = [f"### {title}", "", note, ""]
-    head = "| rate | target | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | p50 per run | p99 per run | achieved req/s | errors |"
+    head = "| rate | target | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | p50 per run | p99 per run | achieved req/s | core-0 CPU % | errors |"
     if sched:
         head = head.replace("| achieved", "| p99 from schedule | achieved")
     lines.append(head)
@@ -196,6 +209,7 @@ def md_latency(title, data, note, sched=False):
             if sched:
                 cells.append(fmt(row["sched_p99"], 3))
             cells.append(fmt(row["rps"], 0))
+            cells.append(fmt(row["proxy_cpu_pct"], 0) if t != "direct" else "")
             err = str(row["errors"])
             if row["errors"]:
                 err += " (" + ", ".join(row["error_kinds"])[:120] + ")"
@@ -218,6 +232,7 @@ def main():
     summary["nonstream"] = latency_section(out, "nonstream", rates, runs, noise, oha_stats)
     summary["stream"] = latency_section(out, "stream", rates, runs, noise, oha_stats)
     summary["ttft"] = latency_section(out, "ttft", rates, runs, noise, lambda d: client_stats(d, "ttft_send"))
+    summary["ttft_oha"] = latency_section(out, "stream", rates, runs, noise, oha_first_byte)
     summary["ttft_total"] = latency_section(out, "ttft", rates, runs, noise, lambda d: client_stats(d, "total_send"))
 
     # throughput
@@ -231,7 +246,9 @@ def main():
             ok.append(st["success_rate"] if st else None)
             noisy.append(noise.get(name, {}).get("noisy", False))
         if any(v is not None for v in vals):
-            thr[t] = {"rps_runs": vals, "rps": med(vals), "success_rate_runs": ok, "noisy": noisy}
+            cpu = [noise.get(f"r{r}-throughput-{t}", {}).get("proxy_cpu_pct") for r in runs]
+            thr[t] = {"rps_runs": vals, "rps": med(vals), "success_rate_runs": ok, "noisy": noisy,
+                      "proxy_cpu_pct": med(cpu) if t != "direct" else None}
     summary["throughput"] = thr
 
     # relay
@@ -315,7 +332,8 @@ def main():
     # markdown
     L = [f"## Results: {os.path.basename(os.path.normpath(out))}", ""]
     L.append(f"Runs: {len(runs)}. Medians over runs; 'per run' lists each run in order; * = noisy run "
-             f"(other processes used > {NOISE_PCT} % of a core, or rustc ran). Latencies in ms.")
+             f"(other processes used > {NOISE_PCT} % of a core, or rustc ran). Latencies in ms. "
+             f"'core-0 CPU %' = CPU used by the proxy under test (sluice or the nginx worker), % of its core.")
     L.append("")
     L.append("### Against the goals")
     L.append("")
@@ -336,12 +354,16 @@ def main():
         L += md_latency("Streaming, time to first token, fixed rate (streamclient.py)", summary["ttft"],
                         "From writing the request to reading the first SSE `data:` event. 'p99 from schedule' "
                         "counts the wait for a free connection too (latency correction).", sched=True)
+    if summary["ttft_oha"]:
+        L += md_latency("Streaming, time to first body byte, cross-check (oha, same runs as the whole-stream table)",
+                        summary["ttft_oha"], "oha's `firstBytePercentiles`: from sending the request to the first body "
+                        "frame, not latency-corrected.")
     if thr:
         L += ["### Max throughput, non-streaming (oha, no rate limit)", "",
-              "| target | req/s (median) | per run | success rate per run |", "|---|---|---|---|"]
+              "| target | req/s (median) | per run | success rate per run | core-0 CPU % |", "|---|---|---|---|---|"]
         for t, row in thr.items():
             L.append(f"| {t} | {fmt(row['rps'], 0)} | {runs_cell(row['rps_runs'], row['noisy'], 0)} | "
-                     f"{' / '.join(fmt(x, 4) for x in row['success_rate_runs'])} |")
+                     f"{' / '.join(fmt(x, 4) for x in row['success_rate_runs'])} | {fmt(row['proxy_cpu_pct'], 0)} |")
         L.append("")
     if relay:
         L += ["### Chunk relay (stamp_upstream.py → target → streamclient.py relay)", "",

@@ -9,14 +9,19 @@
 //!    `PropagateRequestId` (echoed on the response).
 //! 2. Routing: axum matches the path and inserts `MatchedPath`; unknown paths get 404, wrong methods 405,
 //!    both in the OpenAI error shape.
-//! 3. Per route (`Router::layer`, so `MatchedPath` is visible):
-//!    `access_log` (span + one access record; logs the `GatewayError` a response carries) →
+//! 3. Per route (`Router::layer`, so `MatchedPath` is visible), for the API, admin and fallback routes
+//!    (health probes and `/metrics` skip it):
+//!    `observe` (request span with the client's W3C trace context; an `Arc<Call>` record; wraps the body
+//!    and, at its last byte or on disconnect, writes metrics, access log, span attributes and the request
+//!    log; cost and overhead headers on non-streaming responses) →
 //!    `DefaultBodyLimit(server.max_body_bytes)` (413 through the JSON extractor) →
-//!    `/v1/messages` only: `anthropic_error_shape` → handler → `provider::Route` → `Provider`.
+//!    `/admin/*` only: `require_admin` → `/v1/messages` only: `anthropic_error_shape` →
+//!    handler → `provider::Route` (timeouts, upstream attempt span, chunk observation) → `Provider`.
 //!
-//! Request extensions: `MatchedPath` (axum) is read by `access_log`; the `x-request-id` header is read by
-//! `access_log` and by the `CallContext` extractor (sent upstream). Response extensions: `GatewayError`
-//! (inserted by its `IntoResponse`) is read by `anthropic_error_shape` and `access_log`.
+//! Request extensions: `MatchedPath` (axum) and the `x-request-id` header are read by `observe`, which
+//! inserts `Arc<Call>`; the `CallContext` extractor takes both (the id and trace context go upstream).
+//! Response extensions: `GatewayError` (inserted by its `IntoResponse`) is read by `anthropic_error_shape`
+//! and `observe`.
 //!
 //! Later layers (auth, rate limits, sessions, cache, metrics) go into step 3 between the body limit and
 //! the handler, in that order.
@@ -47,15 +52,18 @@ const HARD_STOP_AFTER_GRACE: Duration = Duration::from_secs(5);
 pub fn build_router(state: AppState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     let max_body = state.max_body_bytes;
-    let routes = api::api_routes()
-        .merge(api::open_routes())
+    let observed = api::api_routes()
+        .merge(api::admin_routes(&state))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
-                .layer(axum::middleware::from_fn(middleware::trace::access_log))
+                .layer(middleware::observe::Layer::new(state.clone()))
                 .layer(DefaultBodyLimit::max(max_body)),
-        )
+        );
+    // Probes and scrapes stay out of the access log and the request metrics.
+    let routes = observed
+        .merge(api::open_routes(state.metrics_on_main_listener))
         .with_state(state);
     // Outer layers, applied to a router that already has its state, so they see every request.
     Router::new().fallback_service(routes).layer(
@@ -68,6 +76,13 @@ pub fn build_router(state: AppState) -> Router {
             .layer(SetRequestIdLayer::new(x_request_id.clone(), UuidV7))
             .layer(PropagateRequestIdLayer::new(x_request_id)),
     )
+}
+
+/// The router of the separate metrics listener (`telemetry.metrics.listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(api::metrics::get_metrics))
+        .with_state(state)
 }
 
 async fn route_not_found(request: Request) -> GatewayError {
@@ -101,14 +116,31 @@ impl MakeRequestId for UuidV7 {
     }
 }
 
-/// Serves on an already-bound listener until shutdown, then drains: in-flight requests run for the grace
+/// Serves on already-bound listeners until shutdown, then drains: in-flight requests run for the grace
 /// period, open streams are then ended, and after a short hard stop the function returns regardless.
-/// Background tasks are awaited last.
-pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+/// Background tasks are awaited last. `metrics` is the separate metrics listener, if configured.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    state: AppState,
+) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "sluice listening");
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
+    if let Some(metrics) = metrics {
+        tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
+        let router = metrics_router(state.clone());
+        let stop = shutdown.signalled();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(metrics, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let app = build_router(state);
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.signalled().cancelled_owned());

@@ -35,6 +35,9 @@ pub enum GatewayError {
     /// No model of that public name is configured (404).
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// A resource (not a model, not a route) does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
     /// No route at that path (404).
     #[error("Unknown request URL: {method} {path}")]
     RouteNotFound {
@@ -51,6 +54,12 @@ pub enum GatewayError {
         /// Path of the request.
         path: String,
     },
+    /// Missing or wrong credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Credentials are valid but not allowed to do this (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The model's provider cannot do this operation (e.g. embeddings on Anthropic) (400).
     #[error("{0}")]
     Unsupported(String),
@@ -115,8 +124,12 @@ impl GatewayError {
             Self::InvalidRequest { .. } | Self::Unsupported(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::ModelNotFound(_) | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::RouteNotFound { .. } | Self::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamRejected { status, .. } => *status,
             Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
@@ -134,7 +147,10 @@ impl GatewayError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::ModelNotFound(_) => "model_not_found",
             Self::RouteNotFound { .. } => "route_not_found",
+            Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::Unsupported(_) => "unsupported",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamRejected { .. } => "upstream_rejected",
@@ -162,6 +178,8 @@ impl GatewayError {
                 "rate_limit_error".to_owned()
             }
             Self::RateLimited { .. } => "rate_limit_error".to_owned(),
+            Self::Unauthorized(_) => "authentication_error".to_owned(),
+            Self::Forbidden(_) => "permission_error".to_owned(),
             Self::UpstreamFailed { .. }
             | Self::UpstreamTimeout { .. }
             | Self::ShuttingDown
@@ -178,7 +196,10 @@ impl GatewayError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::ModelNotFound(_) => "model_not_found",
             Self::RouteNotFound { .. } => "unknown_url",
+            Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Unauthorized(_) => "invalid_api_key",
+            Self::Forbidden(_) => "forbidden",
             Self::Unsupported(_) => "unsupported_operation",
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::UpstreamRejected { code, .. } => return code.clone(),

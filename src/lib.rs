@@ -8,10 +8,12 @@ pub mod error;
 pub mod middleware;
 pub mod protocol;
 pub mod provider;
+pub mod request_log;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod testkit;
+pub mod usage;
 
 pub use config::Config;
 pub use error::GatewayError;

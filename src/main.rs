@@ -6,8 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sluice::config::Config;
+use sluice::request_log::RequestLog;
 use sluice::shutdown::{self, Shutdown};
 use sluice::{AppState, InitError, app, telemetry};
+
+/// Longest wait for the request log to write what is queued at shutdown.
+const REQUEST_LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "A small, fast LLM gateway")]
@@ -70,23 +74,50 @@ fn run(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<(), InitError>
     if let Some(addr) = listen {
         config.server.listen = addr;
     }
-    telemetry::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Inside the runtime: the OTLP exporter needs one.
+        let otel = telemetry::init(&config.log, &config.telemetry.otel)
+            .map_err(|e| InitError::Config(format!("telemetry.otel: {e}")))?;
+        if let Some(guard) = &otel {
+            tracing::info!(endpoint = guard.endpoint(), protocol = ?guard.protocol(), service = guard.service_name(), "exporting traces over OTLP");
+        }
+        let (request_log, writer) = if config.request_log.enabled {
+            let (log, writer) = RequestLog::open(&config.request_log)
+                .map_err(|e| InitError::Config(format!("request_log: {e}")))?;
+            (Some(log), Some(writer))
+        } else {
+            (None, None)
+        };
         let shutdown = Shutdown::new(config.server.shutdown_grace);
-        let state = AppState::new(&config, shutdown.clone())?;
+        let state = AppState::new(&config, shutdown.clone(), request_log)?;
         let addr = config.server.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| InitError::Bind { addr, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| InitError::Bind { addr, source })?;
+        let metrics_listener = match config.telemetry.metrics.listen.filter(|_| config.telemetry.metrics.enabled) {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| InitError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let on_signal = shutdown.clone();
         state.tasks.spawn(async move {
             shutdown::signal().await;
             on_signal.trigger();
         });
-        app::serve(listener, state).await?;
+        app::serve(listener, metrics_listener, state).await?;
+        // Shutdown phases after the server stopped: flush the request log, then the spans.
+        if let Some(writer) = writer {
+            let flushed = writer.shutdown(REQUEST_LOG_FLUSH_TIMEOUT).await;
+            tracing::info!(flushed, "request log flushed");
+        }
+        if let Some(otel) = otel
+            && let Err(e) = otel.shutdown().await
+        {
+            tracing::warn!(error = %e, "span export incomplete at shutdown");
+        }
         Ok(())
     })
 }

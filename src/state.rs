@@ -3,11 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::provider::Providers;
 use crate::shutdown::Shutdown;
+use crate::telemetry::Observability;
 
 /// Shared state of the gateway.
 #[derive(Clone)]
@@ -17,6 +19,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// Model routes and their providers.
     pub providers: Providers,
+    /// Metrics and the request log.
+    pub obs: Observability,
     /// Shutdown phases.
     pub shutdown: Shutdown,
     /// Every background task; shutdown waits for them.
@@ -25,18 +29,33 @@ pub struct Inner {
     pub sse_keepalive: Duration,
     /// Request body limit, for error messages.
     pub max_body_bytes: usize,
+    /// SHA-256 of the admin key; `None` denies the admin API.
+    pub admin_key_hash: Option<[u8; 32]>,
+    /// Serve `/metrics` on the main listener.
+    pub metrics_on_main_listener: bool,
 }
 
 impl AppState {
-    /// Builds the state from a validated config.
-    pub fn new(config: &Config, shutdown: Shutdown) -> Result<Self, crate::InitError> {
+    /// Builds the state from a validated config, with the request log (if any) already opened.
+    pub fn new(
+        config: &Config,
+        shutdown: Shutdown,
+        request_log: Option<crate::request_log::RequestLog>,
+    ) -> Result<Self, crate::InitError> {
         let tasks = TaskTracker::new();
+        let metrics = &config.telemetry.metrics;
         Ok(Self(Arc::new(Inner {
             providers: Providers::from_config(config, &tasks)?,
+            obs: Observability::new(request_log, config.request_log.capture_bodies),
             shutdown,
             tasks,
             sse_keepalive: config.server.sse_keepalive,
             max_body_bytes: config.server.max_body_bytes,
+            admin_key_hash: config
+                .admin_key
+                .as_ref()
+                .map(|k| crate::middleware::admin::hash(k.expose_secret())),
+            metrics_on_main_listener: metrics.enabled && metrics.listen.is_none(),
         })))
     }
 }

@@ -11,6 +11,7 @@ use crate::error::GatewayError;
 use crate::protocol::openai::ChatRequest;
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates a chat completion.
 #[tracing::instrument(skip_all, fields(model = %req.model, stream = req.is_stream()))]
@@ -25,11 +26,19 @@ pub async fn create_chat_completion(
             Some("messages"),
         ));
     }
+    let params = RequestParams {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_tokens: req.output_limit(),
+    };
+    ctx.call
+        .begin(Operation::Chat, &req.model, req.is_stream(), params);
     let route = state.providers.route(&req.model)?;
     if !req.is_stream() {
         return Ok(Json(route.chat(req, ctx).await?).into_response());
     }
     let wants_usage = req.wants_usage();
+    ctx.call.keep_prompt(&req.messages);
     let stream = route.chat_stream(req, ctx).await?;
     // Sluice always asks upstream for usage; the extra chunk goes to the client only if it asked.
     let stream = stream.filter(move |item| {

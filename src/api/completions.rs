@@ -8,9 +8,10 @@ use futures_util::stream::StreamExt;
 use super::extract::OpenAiJson;
 use super::sse;
 use crate::error::GatewayError;
-use crate::protocol::openai::CompletionRequest;
+use crate::protocol::openai::{ChatMessage, CompletionRequest};
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates a text completion.
 #[tracing::instrument(skip_all, fields(model = %req.model, stream = req.is_stream()))]
@@ -25,11 +26,24 @@ pub async fn create_completion(
             Some("prompt"),
         ));
     }
+    let params = RequestParams {
+        max_tokens: req.max_tokens,
+        ..RequestParams::default()
+    };
+    ctx.call.begin(
+        Operation::TextCompletion,
+        &req.model,
+        req.is_stream(),
+        params,
+    );
     let route = state.providers.route(&req.model)?;
     if !req.is_stream() {
         return Ok(Json(route.completion(req, ctx).await?).into_response());
     }
     let wants_usage = req.wants_usage();
+    if let Some(prompt) = req.prompt_text() {
+        ctx.call.keep_prompt(&[ChatMessage::text("user", prompt)]);
+    }
     let stream = route.completion_stream(req, ctx).await?;
     let stream = stream.filter(move |item| {
         let keep = wants_usage || !matches!(item, Ok(chunk) if chunk.is_usage_only());

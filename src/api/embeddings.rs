@@ -8,6 +8,7 @@ use crate::error::GatewayError;
 use crate::protocol::openai::{EmbeddingsRequest, EmbeddingsResponse};
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates embeddings.
 #[tracing::instrument(skip_all, fields(model = %req.model))]
@@ -27,6 +28,12 @@ pub async fn create_embeddings(
             Some("input"),
         ));
     }
+    ctx.call.begin(
+        Operation::Embeddings,
+        &req.model,
+        false,
+        RequestParams::default(),
+    );
     let route = state.providers.route(&req.model)?;
     Ok(Json(route.embeddings(req, ctx).await?))
 }

@@ -1,6 +1,8 @@
 //! Extractors whose rejections are [`GatewayError`]s, so malformed requests get the same error envelope
 //! as everything else: `OpenAiJson<T>` (415 / 413 / 400 naming the field) and [`CallContext`].
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -10,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::error::GatewayError;
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::Call;
 
 /// A JSON body parsed into `T`; errors name the field (`messages[0].role: missing field`).
 pub struct OpenAiJson<T>(pub T);
@@ -84,8 +87,14 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let call = parts
+            .extensions
+            .get::<Arc<Call>>()
+            .cloned()
+            .unwrap_or_else(Call::detached);
         Ok(CallContext {
             request_id: parts.headers.get("x-request-id").cloned(),
+            call,
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::protocol::anthropic::MessagesRequest;
 use crate::protocol::translate::{self, ChatToMessagesStream};
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates a message.
 #[tracing::instrument(skip_all, fields(model = %req.model, stream = req.stream.unwrap_or(false)))]
@@ -29,6 +30,12 @@ pub async fn create_message(
         ));
     }
     let stream = req.stream.unwrap_or(false);
+    let params = RequestParams {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_tokens: Some(req.max_tokens),
+    };
+    ctx.call.begin(Operation::Chat, &req.model, stream, params);
     let chat = translate::messages_to_chat_request(req)?;
     let route = state.providers.route(&chat.model)?;
     if !stream {
@@ -36,6 +43,7 @@ pub async fn create_message(
         return Ok(Json(translate::chat_to_messages_response(reply)).into_response());
     }
     let model = route.model.clone();
+    ctx.call.keep_prompt(&chat.messages);
     let mut chunks = route.chat_stream(chat, ctx).await?;
     let events = async_stream::stream! {
         let mut state = ChatToMessagesStream::new(&model);

@@ -1,17 +1,20 @@
 //! The route table: paths to handlers, nothing else.
 
+pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod extract;
 pub mod health;
 pub mod messages;
+pub mod metrics;
 pub mod models;
 pub mod sse;
 
 use axum::Router;
 use axum::routing::{get, post};
 
+use crate::middleware;
 use crate::state::AppState;
 
 /// Routes that take traffic (authenticated, once auth exists).
@@ -31,9 +34,25 @@ pub fn api_routes() -> Router<AppState> {
         )
 }
 
-/// Routes that are always open (health probes).
-pub fn open_routes() -> Router<AppState> {
-    Router::new()
+/// Routes that are always open (health probes; `/metrics` unless it has its own listener).
+pub fn open_routes(metrics: bool) -> Router<AppState> {
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    if metrics {
+        router.route("/metrics", get(metrics::get_metrics))
+    } else {
+        router
+    }
+}
+
+/// Admin routes, behind the admin key.
+pub fn admin_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/requests", get(admin::list_requests))
+        .route("/admin/requests/{id}", get(admin::get_request))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::admin::require_admin,
+        ))
 }

@@ -20,6 +20,9 @@ pub use providers::{
 };
 pub use server::{DisconnectPolicy, LogConfig, LogFormat, ServerConfig};
 
+pub use crate::request_log::RequestLogConfig;
+pub use crate::telemetry::TelemetryConfig;
+
 /// The default configuration, compiled into the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/sluice.toml");
 
@@ -74,6 +77,23 @@ pub struct RawConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Metrics and trace export.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The request log.
+    #[serde(default)]
+    pub request_log: RequestLogConfig,
+    /// Admin API access.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the admin API is denied unless a key is configured.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Name of the environment variable holding the admin key (sent as `Authorization: Bearer`).
+    pub api_key_env: Option<String>,
 }
 
 /// Validated configuration: every model names an existing provider, every referenced key is present.
@@ -87,6 +107,12 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     /// Logging.
     pub log: LogConfig,
+    /// Metrics and trace export.
+    pub telemetry: TelemetryConfig,
+    /// The request log.
+    pub request_log: RequestLogConfig,
+    /// The admin key (read from the environment variable `admin.api_key_env`), if configured.
+    pub admin_key: Option<secrecy::SecretString>,
     /// Where the configuration came from, for messages.
     pub origin: String,
 }
@@ -154,6 +180,21 @@ impl RawConfig {
             message,
         };
         self.server.validate().map_err(invalid)?;
+        self.request_log
+            .validate()
+            .map_err(|e| invalid(format!("request_log: {e}")))?;
+        self.telemetry
+            .otel
+            .validate()
+            .map_err(|e| invalid(format!("telemetry.otel: {e}")))?;
+        for (name, model) in &self.models {
+            if let Some(price) = &model.price {
+                price
+                    .clone()
+                    .validate(name)
+                    .map_err(|e| invalid(format!("models.{name}.price: {e}")))?;
+            }
+        }
         if self.models.is_empty() {
             return Err(invalid(
                 "no models configured: add a [models.NAME] table".to_owned(),
@@ -175,11 +216,25 @@ impl RawConfig {
                 )));
             }
         }
+        let admin_key = match &self.admin.api_key_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(key) if key.len() >= 16 => Some(secrecy::SecretString::from(key)),
+                _ => {
+                    return Err(invalid(format!(
+                        "admin.api_key_env: environment variable {var} is not set or shorter than 16 characters"
+                    )));
+                }
+            },
+        };
         Ok(Config {
             server: self.server,
             providers: self.providers,
             models: self.models,
             log: self.log,
+            telemetry: self.telemetry,
+            request_log: self.request_log,
+            admin_key,
             origin: origin.to_owned(),
         })
     }

@@ -184,6 +184,9 @@ pub struct ModelConfig {
     /// Model name sent upstream; defaults to the public name.
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Price per million tokens, overriding the built-in table.
+    #[serde(default)]
+    pub price: Option<crate::usage::PriceConfig>,
 }
 
 /// Per-phase timeouts of an upstream call.

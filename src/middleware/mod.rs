@@ -1,3 +1,4 @@
 //! The layers between the router and the handlers. Their order is documented and assembled in `app.rs`.
 
-pub mod trace;
+pub mod admin;
+pub mod observe;

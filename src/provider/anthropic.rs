@@ -61,9 +61,7 @@ impl Anthropic {
                 self.version.clone(),
             )
             .json(body);
-        if let Some(id) = &ctx.request_id {
-            request = request.header(HeaderName::from_static("x-request-id"), id.clone());
-        }
+        request = request.headers(ctx.upstream_headers());
         // For a non-streaming call the headers come after the whole generation, so this bounds it too.
         let response = tokio::time::timeout(self.first_byte_timeout, request.send())
             .await

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
@@ -33,19 +33,45 @@ use crate::config::{Config, DisconnectPolicy, ProviderConfig, Timeouts};
 use crate::error::GatewayError;
 use crate::protocol::openai::{
     ChatChunk, ChatCompletion, ChatRequest, Completion, CompletionRequest, EmbeddingsRequest,
-    EmbeddingsResponse,
+    EmbeddingsResponse, Usage,
 };
+use crate::telemetry::call::{Call, ObservedChunk};
+use crate::usage::Price;
 
 /// A stream of chat chunks from a provider.
 pub type ChunkStream = BoxStream<'static, Result<ChatChunk, GatewayError>>;
 /// A stream of text completion chunks from a provider.
 pub type CompletionStream = BoxStream<'static, Result<Completion, GatewayError>>;
 
-/// Per-call data a provider forwards upstream.
-#[derive(Debug, Clone, Default)]
+/// Per-call data a provider forwards upstream, and the call record the route fills in.
+#[derive(Clone)]
 pub struct CallContext {
     /// The request id, sent upstream as `x-request-id`.
     pub request_id: Option<HeaderValue>,
+    /// The request's record (timings, usage, errors).
+    pub call: Arc<Call>,
+}
+
+impl Default for CallContext {
+    fn default() -> Self {
+        Self {
+            request_id: None,
+            call: Call::detached(),
+        }
+    }
+}
+
+impl CallContext {
+    /// Headers every upstream request carries: `x-request-id` and the W3C `traceparent` of the
+    /// upstream-attempt span.
+    pub fn upstream_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = &self.request_id {
+            headers.insert(HeaderName::from_static("x-request-id"), id.clone());
+        }
+        crate::telemetry::inject_trace_context(&self.call.upstream_span(), &mut headers);
+        headers
+    }
 }
 
 /// One upstream kind. Implementations translate to their wire format and back; nothing else.
@@ -123,6 +149,8 @@ pub struct Route {
     pub provider: Arc<dyn Provider>,
     /// Phase timeouts.
     pub timeouts: Timeouts,
+    /// Price of the model, if known (config override, or the built-in table).
+    pub price: Option<Price>,
     disconnect: DisconnectPolicy,
     tasks: TaskTracker,
 }
@@ -135,7 +163,17 @@ impl Route {
         ctx: CallContext,
     ) -> Result<ChatCompletion, GatewayError> {
         (*self.upstream_model).clone_into(&mut req.model);
-        self.within_total(self.provider.chat(req, ctx)).await
+        let call = self.attempt(&ctx);
+        let result = self.within_total(self.provider.chat(req, ctx)).await;
+        if let Ok(r) = &result {
+            let reasons = r
+                .choices
+                .iter()
+                .filter_map(|c| c.finish_reason.clone())
+                .collect();
+            call.response(&r.id, &r.model, reasons, r.usage);
+        }
+        result
     }
 
     /// Streaming chat; see the module docs for the first-event contract.
@@ -145,7 +183,8 @@ impl Route {
         ctx: CallContext,
     ) -> Result<ChunkStream, GatewayError> {
         (*self.upstream_model).clone_into(&mut req.model);
-        self.open(self.provider.chat_stream(req, ctx)).await
+        let call = self.attempt(&ctx);
+        self.open(self.provider.chat_stream(req, ctx), call).await
     }
 
     /// Non-streaming text completion within the total timeout.
@@ -155,7 +194,17 @@ impl Route {
         ctx: CallContext,
     ) -> Result<Completion, GatewayError> {
         (*self.upstream_model).clone_into(&mut req.model);
-        self.within_total(self.provider.completion(req, ctx)).await
+        let call = self.attempt(&ctx);
+        let result = self.within_total(self.provider.completion(req, ctx)).await;
+        if let Ok(r) = &result {
+            let reasons = r
+                .choices
+                .iter()
+                .filter_map(|c| c.finish_reason.clone())
+                .collect();
+            call.response(&r.id, &r.model, reasons, r.usage);
+        }
+        result
     }
 
     /// Streaming text completion.
@@ -165,7 +214,9 @@ impl Route {
         ctx: CallContext,
     ) -> Result<CompletionStream, GatewayError> {
         (*self.upstream_model).clone_into(&mut req.model);
-        self.open(self.provider.completion_stream(req, ctx)).await
+        let call = self.attempt(&ctx);
+        self.open(self.provider.completion_stream(req, ctx), call)
+            .await
     }
 
     /// Embeddings within the total timeout.
@@ -175,7 +226,28 @@ impl Route {
         ctx: CallContext,
     ) -> Result<EmbeddingsResponse, GatewayError> {
         (*self.upstream_model).clone_into(&mut req.model);
-        self.within_total(self.provider.embeddings(req, ctx)).await
+        let call = self.attempt(&ctx);
+        let result = self.within_total(self.provider.embeddings(req, ctx)).await;
+        if let Ok(r) = &result {
+            call.response(
+                "",
+                &r.model,
+                Vec::new(),
+                r.usage.map(|u| Usage::new(u.prompt_tokens, 0)),
+            );
+        }
+        result
+    }
+
+    /// Records the upstream attempt on the call; returns the call for the outcome.
+    fn attempt(&self, ctx: &CallContext) -> Arc<Call> {
+        ctx.call.upstream_attempt(
+            &self.model,
+            self.provider.name(),
+            &self.upstream_model,
+            self.price,
+        );
+        Arc::clone(&ctx.call)
     }
 
     fn timeout_error(&self, phase: &'static str) -> GatewayError {
@@ -196,9 +268,10 @@ impl Route {
 
     /// Opens a stream: waits (within the first-byte timeout) for the first event, then guards the rest
     /// with the idle and total timeouts.
-    async fn open<T: Send + 'static>(
+    async fn open<T: ObservedChunk + Send + 'static>(
         &self,
         open: impl Future<Output = Result<BoxStream<'static, Result<T, GatewayError>>, GatewayError>>,
+        call: Arc<Call>,
     ) -> Result<BoxStream<'static, Result<T, GatewayError>>, GatewayError> {
         let started = Instant::now();
         let first = tokio::time::timeout(self.timeouts.first_byte, async {
@@ -218,6 +291,7 @@ impl Route {
             }
             (Some(Ok(first)), rest) => (first, rest),
         };
+        call.chunk(&first);
         let guarded = Guarded {
             inner: rest,
             idle: self.timeouts.idle,
@@ -225,6 +299,7 @@ impl Route {
             deadline: Box::pin(tokio::time::sleep_until(started + self.timeouts.total)),
             provider: Arc::from(self.provider.name()),
             done: false,
+            call,
         };
         let stream = futures_util::stream::once(async move { Ok(first) }).chain(guarded);
         Ok(match self.disconnect {
@@ -259,8 +334,8 @@ fn tokio_stream_from<T: Send + 'static>(
 }
 
 pin_project_lite::pin_project! {
-    /// Applies the idle (between events) and total timeouts to an upstream stream. A timeout becomes a
-    /// final `Err` item, then the stream ends.
+    /// Applies the idle (between events) and total timeouts to an upstream stream, and records every
+    /// chunk, error and the end on the call. A timeout becomes a final `Err` item, then the stream ends.
     struct Guarded<T> {
         inner: BoxStream<'static, Result<T, GatewayError>>,
         idle: Duration,
@@ -268,13 +343,32 @@ pin_project_lite::pin_project! {
         deadline: Pin<Box<Sleep>>,
         provider: Arc<str>,
         done: bool,
+        call: Arc<Call>,
     }
 }
 
-impl<T> Stream for Guarded<T> {
+impl<T: ObservedChunk> Stream for Guarded<T> {
     type Item = Result<T, GatewayError>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.as_mut().poll_guarded(cx);
+        if let Poll::Ready(item) = &polled {
+            let call = &self.call;
+            match item {
+                Some(Ok(chunk)) => call.chunk(chunk),
+                Some(Err(error)) => call.fail(error),
+                None => call.upstream_done(),
+            }
+        }
+        polled
+    }
+}
+
+impl<T> Guarded<T> {
+    fn poll_guarded(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<T, GatewayError>>> {
         let this = self.project();
         if *this.done {
             return Poll::Ready(None);
@@ -324,6 +418,7 @@ pub struct Providers {
 impl Providers {
     /// Builds one provider (one pooled HTTP client) per `[providers.*]` entry and a route per model.
     pub fn from_config(config: &Config, tasks: &TaskTracker) -> Result<Self, crate::InitError> {
+        let prices = crate::usage::PriceTable::builtin();
         let mut built: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
         for (name, p) in &config.providers {
             let provider: Arc<dyn Provider> = match p {
@@ -343,6 +438,29 @@ impl Providers {
                 .get(&m.provider)
                 .map(ProviderConfig::timeouts)
                 .unwrap_or_default();
+            let upstream = m.upstream.as_deref().unwrap_or(model);
+            let price =
+                match &m.price {
+                    Some(p) => Some(p.clone().validate(model).map_err(|e| {
+                        crate::InitError::Config(format!("models.{model}.price: {e}"))
+                    })?),
+                    None => prices
+                        .lookup(upstream)
+                        .or_else(|| prices.lookup(model))
+                        .copied(),
+                };
+            if price.is_none()
+                && !matches!(
+                    config.providers.get(&m.provider),
+                    Some(ProviderConfig::Mock(_))
+                )
+            {
+                tracing::warn!(
+                    model,
+                    upstream,
+                    "no price known for this model: its cost is not tracked (set models.{model}.price)"
+                );
+            }
             routes.insert(
                 model.clone(),
                 Route {
@@ -350,6 +468,7 @@ impl Providers {
                     upstream_model: Arc::from(m.upstream.as_deref().unwrap_or(model)),
                     provider,
                     timeouts,
+                    price,
                     disconnect: config.server.on_client_disconnect,
                     tasks: tasks.clone(),
                 },

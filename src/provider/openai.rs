@@ -6,7 +6,6 @@
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::StreamExt;
-use http::HeaderName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -55,9 +54,7 @@ impl OpenAi {
         ctx: &CallContext,
     ) -> Result<reqwest::Response, GatewayError> {
         let mut request = self.client.post(endpoint(&self.base_url, path)).json(body);
-        if let Some(id) = &ctx.request_id {
-            request = request.header(HeaderName::from_static("x-request-id"), id.clone());
-        }
+        request = request.headers(ctx.upstream_headers());
         // For a non-streaming call the headers come after the whole generation, so this bounds it too.
         let response = tokio::time::timeout(self.first_byte_timeout, request.send())
             .await

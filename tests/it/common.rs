@@ -6,6 +6,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use sluice::config::Config;
+use sluice::request_log::{RequestLog, WriterHandle};
 use sluice::shutdown::Shutdown;
 use sluice::testkit::upstream::MockUpstream;
 use sluice::{AppState, app};
@@ -20,23 +21,71 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub shutdown: Shutdown,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub state: AppState,
+    pub request_log: Option<RequestLog>,
+    writer: Option<WriterHandle>,
+    /// Holds the request-log database for the life of the test.
+    pub dir: tempfile::TempDir,
 }
 
 impl TestApp {
-    /// Starts the gateway with this TOML config.
+    /// Starts the gateway with this TOML config; the request log lives in a fresh temporary directory.
     pub async fn start(config: &str) -> Self {
-        let config = Config::from_toml(config).expect("test config is valid");
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(config, dir).await
+    }
+
+    /// Starts the gateway with its request log in `dir` (to restart on the same database).
+    pub async fn start_in(config: &str, dir: tempfile::TempDir) -> Self {
+        let mut config = Config::from_toml(config).expect("test config is valid");
+        config.request_log.path = dir.path().join("requests.db");
+        let (request_log, writer) = if config.request_log.enabled {
+            let (log, writer) = RequestLog::open(&config.request_log).unwrap();
+            (Some(log), Some(writer))
+        } else {
+            (None, None)
+        };
         let shutdown = Shutdown::new(config.server.shutdown_grace);
-        let state = AppState::new(&config, shutdown.clone()).expect("state builds");
+        let state =
+            AppState::new(&config, shutdown.clone(), request_log.clone()).expect("state builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(app::serve(listener, state));
+        let server = tokio::spawn(app::serve(listener, None, state.clone()));
         Self {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             shutdown,
             server,
+            state,
+            request_log,
+            writer,
+            dir,
         }
+    }
+
+    /// Stops the server and flushes the request log; returns the directory for a restart.
+    pub async fn stop(mut self) -> (tempfile::TempDir, Option<RequestLog>) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(10), &mut self.server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(writer) = self.writer.take() {
+            writer.shutdown(Duration::from_secs(10)).await;
+        }
+        (self.dir, self.request_log)
+    }
+
+    /// Waits until `n` calls have finished (their metrics and request-log records are written).
+    pub async fn wait_finished(&self, n: u64) {
+        assert!(
+            self.state
+                .obs
+                .wait_finished(n, Duration::from_secs(10))
+                .await,
+            "calls did not finish"
+        );
     }
 
     /// Starts the gateway with the standard config pointing at `upstream`, plus `server` lines in `[server]`

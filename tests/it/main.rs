@@ -16,6 +16,7 @@ mod cli;
 mod common;
 mod errors;
 mod load;
+mod observability;
 mod sdk;
 mod shutdown;
 mod snapshots;

@@ -1,0 +1,194 @@
+//! The observation layer: one span and one [`Call`] per request, and a response-body wrapper that
+//! finishes the call when the last byte is sent or the client leaves. That is where latency, time to
+//! first token, tokens and cost of streams become known, so metrics, the access log, span attributes and
+//! the request log are all written from there (see `telemetry::call`).
+//!
+//! Non-streaming responses also get `x-sluice-cost-usd` and `x-sluice-overhead-ms` headers here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderName, HeaderValue};
+use http_body::{Body as _, Frame, SizeHint};
+use tracing::Instrument;
+
+use crate::error::GatewayError;
+use crate::state::AppState;
+use crate::telemetry::call::Call;
+use crate::telemetry::metrics::Label;
+
+/// `x-sluice-cost-usd`: exact cost of the call (non-streaming responses with a priced model).
+pub const COST_HEADER: HeaderName = HeaderName::from_static("x-sluice-cost-usd");
+/// `x-sluice-overhead-ms`: the gateway's own share of the time to response headers.
+pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-sluice-overhead-ms");
+
+/// Layer; holds the state (metrics, request log) the finished calls are written to.
+#[derive(Clone)]
+pub struct Layer {
+    state: AppState,
+}
+
+impl Layer {
+    /// The layer.
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> tower::Layer<S> for Layer {
+    type Service = Service<S>;
+
+    fn layer(&self, inner: S) -> Service<S> {
+        Service {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// Service.
+#[derive(Clone)]
+pub struct Service<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> tower::Service<Request> for Service<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Response, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str);
+        let route = Label(Arc::from(route));
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let method = request.method().clone();
+        let span =
+            crate::telemetry::request_span(&method, &route.0, &request_id, request.headers());
+        let call = Arc::new(Call::new(request_id, route, method, span.clone()));
+        request.extensions_mut().insert(Arc::clone(&call));
+        self.state.obs.metrics.inflight.inc();
+        // Clone-then-replace: the service polled ready goes into the future.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(
+            async move {
+                let Ok(mut response) = inner.call(request).await;
+                if let Some(error) = response.extensions().get::<GatewayError>() {
+                    call.fail(error);
+                }
+                let streaming = response
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                if streaming {
+                    call.headers_sent();
+                } else {
+                    let (cost, overhead) = call.cost_and_overhead();
+                    let headers = response.headers_mut();
+                    if let Some(cost) =
+                        cost.and_then(|c| HeaderValue::from_str(&c.normalize().to_string()).ok())
+                    {
+                        headers.insert(COST_HEADER, cost);
+                    }
+                    if let Some(o) = overhead.and_then(|o| {
+                        HeaderValue::from_str(&format!("{:.3}", o.as_secs_f64() * 1000.0)).ok()
+                    }) {
+                        headers.insert(OVERHEAD_HEADER, o);
+                    }
+                }
+                let status = response.status().as_u16();
+                Ok(response.map(|body| {
+                    Body::new(ObservedBody {
+                        inner: body,
+                        call,
+                        state,
+                        status,
+                        done: false,
+                    })
+                }))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Finishes the call at the end of the body, or when it is dropped early (client disconnect).
+    pub struct ObservedBody {
+        #[pin]
+        inner: Body,
+        call: Arc<Call>,
+        state: AppState,
+        status: u16,
+        done: bool,
+    }
+
+    impl PinnedDrop for ObservedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.done {
+                // Dropped before `poll_frame` returned `None`: complete if the body had nothing left
+                // (hyper stops polling a full body once it is written), cut otherwise.
+                let completed = this.inner.is_end_stream();
+                this.state.obs.metrics.inflight.dec();
+                this.call.finish(*this.status, completed, &this.state.obs);
+            }
+        }
+    }
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) = polled
+            && !*this.done
+        {
+            *this.done = true;
+            this.state.obs.metrics.inflight.dec();
+            this.call.finish(*this.status, true, &this.state.obs);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

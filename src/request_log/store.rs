@@ -1,0 +1,514 @@
+//! SQLite storage: schema and pragmas, batched inserts, listings and lookups, retention. Plain functions
+//! over a `rusqlite::Connection`; which thread calls them is decided in `mod.rs` and `writer.rs`.
+//!
+//! One table, `requests`. `seq` (the rowid) is the order records were logged in; it makes "keep the
+//! newest N" a cheap range delete. Bodies and the timeline (JSON) are the last columns, so listings do
+//! not read their overflow pages.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::types::{Type, Value};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+
+use super::RequestLogError;
+use super::record::{RequestFilter, RequestRecord, RequestSummary, TimelineEvent};
+
+/// The schema this build writes; stored in `PRAGMA user_version`.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+BEGIN;
+CREATE TABLE IF NOT EXISTS requests (
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT    NOT NULL,
+    received_at    INTEGER NOT NULL,
+    trace_id       TEXT,
+    key_id         TEXT,
+    route          TEXT    NOT NULL,
+    method         TEXT    NOT NULL,
+    model          TEXT,
+    provider       TEXT,
+    status         INTEGER NOT NULL,
+    stream         INTEGER NOT NULL,
+    latency_ms     REAL,
+    ttft_ms        REAL,
+    upstream_ms    REAL,
+    input_tokens   INTEGER,
+    output_tokens  INTEGER,
+    cost_usd       TEXT,
+    error_kind     TEXT,
+    cache          TEXT,
+    error_message  TEXT,
+    request_body   TEXT,
+    response_body  TEXT,
+    timeline       TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_received_at ON requests (received_at);
+CREATE INDEX IF NOT EXISTS requests_model ON requests (model, received_at);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status, received_at);
+CREATE INDEX IF NOT EXISTS requests_id ON requests (id);
+PRAGMA user_version = 1;
+COMMIT;
+";
+
+const INSERT: &str = "INSERT INTO requests (id, received_at, trace_id, key_id, route, method, model,
+    provider, status, stream, latency_ms, ttft_ms, upstream_ms, input_tokens, output_tokens, cost_usd,
+    error_kind, cache, error_message, request_body, response_body, timeline)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+    ?21, ?22)";
+
+/// The summary columns, in `summary_from_row` order; a full record adds the four after them.
+const SUMMARY_COLUMNS: &str = "id, received_at, trace_id, key_id, route, method, model, provider, \
+    status, stream, latency_ms, ttft_ms, upstream_ms, input_tokens, output_tokens, cost_usd, \
+    error_kind, cache";
+const DETAIL_COLUMNS: &str = "error_message, request_body, response_body, timeline";
+
+/// Opens (creating if needed) the database for writing: WAL, `synchronous=NORMAL`, schema.
+pub(crate) fn open_writer(
+    path: &Path,
+    busy_timeout: Duration,
+) -> Result<Connection, RequestLogError> {
+    let open_error = |source| RequestLogError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_error)?;
+    conn.busy_timeout(busy_timeout).map_err(open_error)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(open_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // E.g. a file system without shared memory: it still works, readers just wait for the writer.
+        tracing::warn!(path = %path.display(), %mode, "request log: WAL mode unavailable");
+    }
+    // With WAL, NORMAL loses at most the last transactions on power loss (never on a process crash)
+    // and saves an fsync per commit.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_error)?;
+    migrate(&conn).map_err(|e| match e {
+        RequestLogError::Sqlite(source) => open_error(source),
+        other => other,
+    })?;
+    Ok(conn)
+}
+
+/// Opens a second connection for listings and lookups; it may not write.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, RequestLogError> {
+    let open_error = |source| RequestLogError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(open_error)?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(open_error)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), RequestLogError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    match version {
+        0 => conn.execute_batch(SCHEMA)?,
+        SCHEMA_VERSION => {}
+        found => {
+            return Err(RequestLogError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Inserts `records` in one transaction: all or none.
+pub(crate) fn insert_batch(
+    conn: &mut Connection,
+    records: &[RequestRecord],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut stmt = tx.prepare_cached(INSERT)?;
+        for r in records {
+            let timeline = serde_json::to_string(&r.timeline)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            stmt.execute(rusqlite::params![
+                r.id,
+                r.received_at,
+                r.trace_id,
+                r.key_id,
+                r.route,
+                r.method,
+                r.model,
+                r.provider,
+                r.status,
+                r.stream,
+                finite(Some(r.latency_ms)),
+                finite(r.ttft_ms),
+                finite(r.upstream_ms),
+                saturating_i64(r.input_tokens),
+                saturating_i64(r.output_tokens),
+                r.cost_usd,
+                r.error_kind,
+                r.cache,
+                r.error_message,
+                r.request_body,
+                r.response_body,
+                timeline,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Errors worth retrying the same batch for: another connection holds the lock, or the disk is
+/// (perhaps briefly) full or failing. Anything else is about the data.
+pub(crate) fn is_transient(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+        )
+    )
+}
+
+/// Records matching `filter`, newest first.
+pub(crate) fn query(
+    conn: &Connection,
+    filter: &RequestFilter,
+) -> rusqlite::Result<Vec<RequestSummary>> {
+    let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM requests");
+    let mut params: Vec<Value> = Vec::with_capacity(4);
+    // Only the conditions given, so SQLite can pick the matching index (`model = ?1 OR ?1 IS NULL`
+    // would defeat it). At most eight distinct statements, each cached.
+    let mut conditions = Vec::with_capacity(3);
+    if let Some(model) = &filter.model {
+        conditions.push("model = ?");
+        params.push(Value::Text(model.clone()));
+    }
+    if let Some(status) = filter.status {
+        conditions.push("status = ?");
+        params.push(Value::Integer(i64::from(status)));
+    }
+    if let Some(since) = filter.since_ms {
+        conditions.push("received_at >= ?");
+        params.push(Value::Integer(since));
+    }
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY received_at DESC, seq DESC LIMIT ?");
+    params.push(Value::Integer(i64::from(filter.effective_limit())));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), summary_from_row)?;
+    rows.collect()
+}
+
+/// The newest record with this id, with bodies and timeline.
+pub(crate) fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<RequestRecord>> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS}, {DETAIL_COLUMNS} FROM requests WHERE id = ?1 \
+         ORDER BY seq DESC LIMIT 1"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    stmt.query_row([id], record_from_row).optional()
+}
+
+/// How many records the table holds.
+#[cfg(test)]
+pub(crate) fn count(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT count(*) FROM requests", [], |row| row.get(0))
+}
+
+/// What retention keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    /// Delete records received longer ago than this.
+    pub max_age: Duration,
+    /// Keep at most this many, the most recently logged.
+    pub max_rows: u64,
+}
+
+/// The result of one retention step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetentionStep {
+    /// Rows deleted.
+    pub deleted: usize,
+    /// True if a limit was hit and another step should follow soon.
+    pub more: bool,
+}
+
+/// Deletes at most `chunk` expired and at most `chunk` surplus rows, each delete its own short
+/// transaction so the writer can insert in between.
+pub(crate) fn apply_retention(
+    conn: &Connection,
+    retention: &Retention,
+    now_ms: i64,
+    chunk: u32,
+) -> rusqlite::Result<RetentionStep> {
+    let max_age_ms = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = now_ms.saturating_sub(max_age_ms);
+    let by_age = conn
+        .prepare_cached(
+            "DELETE FROM requests WHERE seq IN \
+             (SELECT seq FROM requests WHERE received_at < ?1 LIMIT ?2)",
+        )?
+        .execute(rusqlite::params![cutoff, chunk])?;
+    // `seq` grows by one per insert, so the newest `max_rows` records have `seq > max - max_rows`
+    // (fewer if some of them were deleted by age): an indexed range delete, no count(*).
+    let max_seq: Option<i64> =
+        conn.query_row("SELECT max(seq) FROM requests", [], |row| row.get(0))?;
+    let max_rows = i64::try_from(retention.max_rows).unwrap_or(i64::MAX);
+    let by_rows = match max_seq {
+        Some(max_seq) if max_seq > max_rows => conn
+            .prepare_cached(
+                "DELETE FROM requests WHERE seq IN \
+                 (SELECT seq FROM requests WHERE seq <= ?1 ORDER BY seq LIMIT ?2)",
+            )?
+            .execute(rusqlite::params![max_seq - max_rows, chunk])?,
+        _ => 0,
+    };
+    let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
+    Ok(RetentionStep {
+        deleted: by_age + by_rows,
+        more: by_age >= chunk || by_rows >= chunk,
+    })
+}
+
+fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<RequestSummary> {
+    Ok(RequestSummary {
+        id: row.get(0)?,
+        received_at: row.get(1)?,
+        trace_id: row.get(2)?,
+        key_id: row.get(3)?,
+        route: row.get(4)?,
+        method: row.get(5)?,
+        model: row.get(6)?,
+        provider: row.get(7)?,
+        status: row.get(8)?,
+        stream: row.get(9)?,
+        latency_ms: row.get::<_, Option<f64>>(10)?.unwrap_or(f64::NAN),
+        ttft_ms: row.get(11)?,
+        upstream_ms: row.get(12)?,
+        input_tokens: unsigned(row.get(13)?),
+        output_tokens: unsigned(row.get(14)?),
+        cost_usd: row.get(15)?,
+        error_kind: row.get(16)?,
+        cache: row.get(17)?,
+    })
+}
+
+fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> {
+    let s = summary_from_row(row)?;
+    let timeline: String = row.get(21)?;
+    let timeline: Vec<TimelineEvent> = serde_json::from_str(&timeline)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(21, Type::Text, Box::new(e)))?;
+    Ok(RequestRecord {
+        id: s.id,
+        received_at: s.received_at,
+        trace_id: s.trace_id,
+        key_id: s.key_id,
+        route: s.route,
+        method: s.method,
+        model: s.model,
+        provider: s.provider,
+        status: s.status,
+        stream: s.stream,
+        latency_ms: s.latency_ms,
+        ttft_ms: s.ttft_ms,
+        upstream_ms: s.upstream_ms,
+        input_tokens: s.input_tokens,
+        output_tokens: s.output_tokens,
+        cost_usd: s.cost_usd,
+        error_kind: s.error_kind,
+        error_message: row.get(18)?,
+        cache: s.cache,
+        request_body: row.get(19)?,
+        response_body: row.get(20)?,
+        timeline,
+    })
+}
+
+/// SQLite stores NaN as NULL; say so explicitly for every non-finite value.
+fn finite(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| v.is_finite())
+}
+
+/// SQLite integers are signed; token counts beyond `i64::MAX` do not occur, so saturate.
+fn saturating_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn unsigned(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        conn
+    }
+
+    fn rec(id: &str, received_at: i64) -> RequestRecord {
+        RequestRecord {
+            id: id.to_owned(),
+            received_at,
+            route: "/v1/chat/completions".to_owned(),
+            method: "POST".to_owned(),
+            status: 200,
+            ..RequestRecord::default()
+        }
+    }
+
+    fn ids(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT id FROM requests ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+
+    #[test]
+    fn retention_by_age() {
+        let mut conn = memory();
+        let now = 100 * DAY_MS;
+        let batch: Vec<_> = [(9, "9d"), (8, "8d"), (6, "6d"), (0, "now")]
+            .iter()
+            .map(|(days, id)| rec(id, now - days * DAY_MS))
+            .collect();
+        insert_batch(&mut conn, &batch).unwrap();
+        let retention = Retention {
+            max_age: Duration::from_hours(7 * 24),
+            max_rows: 1000,
+        };
+        let step = apply_retention(&conn, &retention, now, 100).unwrap();
+        assert_eq!(
+            step,
+            RetentionStep {
+                deleted: 2,
+                more: false
+            }
+        );
+        assert_eq!(ids(&conn), ["6d", "now"]);
+    }
+
+    #[test]
+    fn retention_by_row_count_keeps_the_newest_in_chunks() {
+        let mut conn = memory();
+        let now = 100 * DAY_MS;
+        let batch: Vec<_> = (0..20).map(|i| rec(&format!("r{i:02}"), now)).collect();
+        insert_batch(&mut conn, &batch).unwrap();
+        let retention = Retention {
+            max_age: Duration::from_hours(1),
+            max_rows: 5,
+        };
+        // 15 surplus rows in chunks of 4: four steps, the last one short.
+        let mut steps = Vec::new();
+        loop {
+            let step = apply_retention(&conn, &retention, now, 4).unwrap();
+            steps.push(step.deleted);
+            if !step.more {
+                break;
+            }
+        }
+        assert_eq!(steps, [4, 4, 4, 3]);
+        assert_eq!(ids(&conn), ["r15", "r16", "r17", "r18", "r19"]);
+        // Nothing more to do.
+        assert_eq!(
+            apply_retention(&conn, &retention, now, 4).unwrap().deleted,
+            0
+        );
+        // New rows keep the window moving.
+        insert_batch(&mut conn, &[rec("r20", now), rec("r21", now)]).unwrap();
+        apply_retention(&conn, &retention, now, 4).unwrap();
+        assert_eq!(ids(&conn), ["r17", "r18", "r19", "r20", "r21"]);
+    }
+
+    #[test]
+    fn non_finite_and_huge_numbers_are_stored() {
+        let mut conn = memory();
+        let mut r = rec("x", 1);
+        r.latency_ms = f64::NAN;
+        r.ttft_ms = Some(f64::INFINITY);
+        r.input_tokens = Some(u64::MAX);
+        r.timeline = vec![TimelineEvent::new(f64::NAN, "received")];
+        insert_batch(&mut conn, &[r]).unwrap();
+        let back = get(&conn, "x").unwrap().unwrap();
+        assert!(back.latency_ms.is_nan());
+        assert_eq!(back.ttft_ms, None);
+        assert_eq!(back.input_tokens, Some(i64::MAX as u64));
+        assert!(back.timeline[0].at_ms.is_nan());
+    }
+
+    #[test]
+    fn duplicate_ids_return_the_newest() {
+        let mut conn = memory();
+        let mut second = rec("dup", 2);
+        second.status = 500;
+        insert_batch(&mut conn, &[rec("dup", 1), second]).unwrap();
+        assert_eq!(get(&conn, "dup").unwrap().unwrap().status, 500);
+        assert_eq!(get(&conn, "missing").unwrap(), None);
+    }
+
+    #[test]
+    fn schema_from_the_future_is_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        assert!(matches!(
+            migrate(&conn),
+            Err(RequestLogError::SchemaTooNew {
+                found: 2,
+                supported: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn listings_use_the_indexes() {
+        let conn = memory();
+        let plan = |filter: &RequestFilter| {
+            let mut sql = format!("EXPLAIN QUERY PLAN SELECT {SUMMARY_COLUMNS} FROM requests");
+            if filter.model.is_some() {
+                sql.push_str(" WHERE model = 'm'");
+            } else if filter.status.is_some() {
+                sql.push_str(" WHERE status = 500");
+            }
+            sql.push_str(" ORDER BY received_at DESC, seq DESC LIMIT 50");
+            let mut stmt = conn.prepare(&sql).unwrap();
+            let rows: Vec<String> = stmt
+                .query_map([], |row| row.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            rows.join("; ")
+        };
+        let all = plan(&RequestFilter::default());
+        assert!(all.contains("requests_received_at"), "{all}");
+        assert!(!all.contains("TEMP B-TREE"), "{all}");
+        let by_model = plan(&RequestFilter {
+            model: Some("m".to_owned()),
+            ..RequestFilter::default()
+        });
+        assert!(by_model.contains("requests_model"), "{by_model}");
+        assert!(!by_model.contains("TEMP B-TREE"), "{by_model}");
+        let by_status = plan(&RequestFilter {
+            status: Some(500),
+            ..RequestFilter::default()
+        });
+        assert!(by_status.contains("requests_status"), "{by_status}");
+    }
+}

@@ -1,0 +1,664 @@
+//! The record of one request: handlers and the provider layer fill it in as the call goes; when the
+//! response body ends (or the client leaves) it is finished once, and that single place writes the
+//! access log, the metrics, the span attributes and the request-log entry.
+//!
+//! Shared as `Arc<Call>` through the request extensions (inserted by `middleware::observe`) and the
+//! provider `CallContext`. One uncontended mutex guards the mutable part; streams touch it once per chunk.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rust_decimal::Decimal;
+
+use super::Observability;
+use super::metrics::{
+    CostLabels, Label, ModelLabels, OverheadLabels, RequestLabels, RouteLabels, TokenLabels,
+    UpstreamErrorLabels,
+};
+use crate::error::GatewayError;
+use crate::protocol::openai::{ChatChunk, ChatMessage, Completion, Usage};
+use crate::usage::{Price, TokenUsage, tokens};
+
+/// What kind of call this is (`gen_ai.operation.name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Chat completions and Anthropic messages.
+    Chat,
+    /// Legacy text completions.
+    TextCompletion,
+    /// Embeddings.
+    Embeddings,
+}
+
+impl Operation {
+    /// The GenAI semantic-convention name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::TextCompletion => "text_completion",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// Request parameters recorded on the span.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestParams {
+    /// `temperature`.
+    pub temperature: Option<f64>,
+    /// `top_p`.
+    pub top_p: Option<f64>,
+    /// Output token limit.
+    pub max_tokens: Option<u32>,
+}
+
+/// One request, from arrival to its last byte.
+pub struct Call {
+    request_id: String,
+    route: Label,
+    method: http::Method,
+    received: Instant,
+    received_unix_ms: i64,
+    span: tracing::Span,
+    finished: AtomicBool,
+    data: Mutex<CallData>,
+}
+
+#[derive(Default)]
+struct CallData {
+    operation: Option<Operation>,
+    model: Option<Label>,
+    provider: Option<Label>,
+    upstream_model: Option<Arc<str>>,
+    price: Option<Price>,
+    stream: bool,
+    params: RequestParams,
+    upstream_span: Option<tracing::Span>,
+    upstream_started: Option<Instant>,
+    upstream_first_byte: Option<Instant>,
+    upstream_done: Option<Instant>,
+    headers_sent: Option<Instant>,
+    first_token: Option<Instant>,
+    response_id: Option<String>,
+    response_model: Option<String>,
+    finish_reasons: Vec<String>,
+    usage: Option<Usage>,
+    /// Output text of a stream while no usage has arrived, for counting if none ever does.
+    streamed_text: String,
+    /// The prompt of a stream, for counting if the upstream never reports usage.
+    prompt: Option<Vec<ChatMessage>>,
+    error: Option<GatewayError>,
+    cost: Option<Decimal>,
+}
+
+/// The summary written when a call finishes (also what the request log stores).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Request id.
+    pub request_id: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Arrival to last byte.
+    pub latency: Duration,
+    /// Arrival to the first content token (streams).
+    pub ttft: Option<Duration>,
+    /// Upstream call duration.
+    pub upstream: Option<Duration>,
+    /// Time to headers minus the upstream's share of it.
+    pub overhead: Option<Duration>,
+    /// Usage (reported by the upstream, or counted).
+    pub usage: Option<Usage>,
+    /// True if the usage was counted by Sluice rather than reported.
+    pub usage_estimated: bool,
+    /// Exact cost, if the model has a price.
+    pub cost: Option<Decimal>,
+    /// True if the stream ended before its natural end (client left, or an error).
+    pub cut: bool,
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Call {
+    /// A new call, received now.
+    pub fn new(
+        request_id: String,
+        route: Label,
+        method: http::Method,
+        span: tracing::Span,
+    ) -> Self {
+        Self {
+            request_id,
+            route,
+            method,
+            received: Instant::now(),
+            received_unix_ms: unix_ms(),
+            span,
+            finished: AtomicBool::new(false),
+            data: Mutex::new(CallData::default()),
+        }
+    }
+
+    /// A call that is not attached to a request (unit tests, internal calls).
+    pub fn detached() -> Arc<Self> {
+        Arc::new(Self::new(
+            String::new(),
+            Label::fixed("internal"),
+            http::Method::POST,
+            tracing::Span::none(),
+        ))
+    }
+
+    fn data(&self) -> std::sync::MutexGuard<'_, CallData> {
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The request span.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// What the handler learnt from the body.
+    pub fn begin(&self, operation: Operation, model: &str, stream: bool, params: RequestParams) {
+        self.span
+            .record("gen_ai.operation.name", operation.as_str());
+        self.span.record("gen_ai.request.model", model);
+        let mut d = self.data();
+        d.operation = Some(operation);
+        d.stream = stream;
+        d.params = params;
+        d.model = Some(Label(Arc::from(model)));
+    }
+
+    /// Keeps the prompt of a stream, to count its tokens if the upstream never reports usage.
+    pub fn keep_prompt(&self, messages: &[ChatMessage]) {
+        self.data().prompt = Some(messages.to_vec());
+    }
+
+    /// The model resolved to a route; starts the upstream attempt span.
+    pub fn upstream_attempt(
+        &self,
+        model: &Arc<str>,
+        provider: &str,
+        upstream_model: &Arc<str>,
+        price: Option<Price>,
+    ) {
+        let mut d = self.data();
+        let operation = d.operation.unwrap_or(Operation::Chat).as_str();
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "upstream",
+            otel.name = %format_args!("{operation} {upstream_model}"),
+            otel.kind = "client",
+            gen_ai.operation.name = operation,
+            gen_ai.provider.name = provider,
+            gen_ai.request.model = %upstream_model,
+            gen_ai.request.temperature = d.params.temperature,
+            gen_ai.request.top_p = d.params.top_p,
+            gen_ai.request.max_tokens = d.params.max_tokens.map(i64::from),
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.response.id = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            sluice.time_to_first_token_ms = tracing::field::Empty,
+            sluice.cost_usd = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        self.span.record("gen_ai.provider.name", provider);
+        d.model = Some(Label(Arc::clone(model)));
+        d.provider = Some(Label(Arc::from(provider)));
+        d.upstream_model = Some(Arc::clone(upstream_model));
+        d.price = price;
+        d.upstream_span = Some(span);
+        d.upstream_started = Some(Instant::now());
+    }
+
+    /// The upstream attempt span (for propagating trace context upstream).
+    pub fn upstream_span(&self) -> tracing::Span {
+        self.data()
+            .upstream_span
+            .clone()
+            .unwrap_or_else(tracing::Span::none)
+    }
+
+    /// The upstream answered (non-streaming response, or the first stream event).
+    pub fn upstream_responded(&self) {
+        let mut d = self.data();
+        let now = Instant::now();
+        d.upstream_first_byte.get_or_insert(now);
+    }
+
+    /// The upstream call is over.
+    pub fn upstream_done(&self) {
+        self.data().upstream_done.get_or_insert(Instant::now());
+    }
+
+    /// A whole (non-streaming) response.
+    pub fn response(
+        &self,
+        id: &str,
+        model: &str,
+        finish_reasons: Vec<String>,
+        usage: Option<Usage>,
+    ) {
+        let mut d = self.data();
+        let now = Instant::now();
+        d.upstream_first_byte.get_or_insert(now);
+        d.upstream_done.get_or_insert(now);
+        d.response_id = Some(id.to_owned());
+        d.response_model = Some(model.to_owned());
+        d.finish_reasons = finish_reasons;
+        d.usage = usage;
+    }
+
+    /// One stream chunk as it passes.
+    pub fn chunk(&self, chunk: &impl ObservedChunk) {
+        let mut d = self.data();
+        let now = Instant::now();
+        d.upstream_first_byte.get_or_insert(now);
+        if d.response_id.is_none() && !chunk.id().is_empty() {
+            d.response_id = Some(chunk.id().to_owned());
+            d.response_model = Some(chunk.model().to_owned());
+        }
+        chunk.each_text(&mut |text| {
+            if !text.is_empty() {
+                d.first_token.get_or_insert(now);
+                if d.usage.is_none() {
+                    d.streamed_text.push_str(text);
+                }
+            }
+        });
+        chunk.each_finish_reason(&mut |reason| d.finish_reasons.push(reason.to_owned()));
+        if let Some(usage) = chunk.usage() {
+            d.usage = Some(usage);
+            d.streamed_text = String::new();
+            d.upstream_done.get_or_insert(now);
+        }
+    }
+
+    /// Response headers are about to be sent.
+    pub fn headers_sent(&self) {
+        self.data().headers_sent.get_or_insert(Instant::now());
+    }
+
+    /// The error that ended the request (HTTP error or stream error event).
+    pub fn fail(&self, error: &GatewayError) {
+        let mut d = self.data();
+        if d.error.is_none() {
+            d.error = Some(error.clone());
+        }
+    }
+
+    /// Cost and overhead of a non-streaming response, for its headers; computed once and reused at finish.
+    pub fn cost_and_overhead(&self) -> (Option<Decimal>, Option<Duration>) {
+        let mut d = self.data();
+        let now = Instant::now();
+        d.headers_sent.get_or_insert(now);
+        let cost = price_of(&d);
+        d.cost = cost;
+        (cost, overhead(self.received, &d))
+    }
+
+    /// Finishes the call once: metrics, span attributes, access log, request log. `completed` is false
+    /// when the body was dropped before its end (client disconnect).
+    pub fn finish(&self, status: u16, completed: bool, obs: &Observability) -> Option<Finished> {
+        if self.finished.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut d = self.data();
+        let mut usage_estimated = false;
+        if d.usage.is_none() && d.stream {
+            let model = d.upstream_model.as_deref().unwrap_or_default().to_owned();
+            let input = d
+                .prompt
+                .as_deref()
+                .map_or(0, |m| tokens::count_messages(&model, m));
+            let output = tokens::count_text(&model, &d.streamed_text);
+            if input + output > 0 {
+                d.usage = Some(Usage::new(input, output));
+                usage_estimated = true;
+            }
+        }
+        if d.cost.is_none() {
+            d.cost = price_of(&d);
+        }
+        let finished = Finished {
+            request_id: self.request_id.clone(),
+            status,
+            latency: now - self.received,
+            ttft: d.first_token.map(|t| t - self.received),
+            upstream: d
+                .upstream_started
+                .map(|s| d.upstream_done.unwrap_or(now) - s),
+            overhead: overhead(self.received, &d),
+            usage: d.usage,
+            usage_estimated,
+            cost: d.cost,
+            cut: !completed || d.error.is_some() && d.stream,
+        };
+        self.record_metrics(&d, &finished, obs);
+        self.record_span(&d, &finished);
+        self.log(&d, &finished);
+        if obs.request_log.is_some() {
+            obs.record_request(self, self.summary(&d), &finished);
+        }
+        drop(d);
+        obs.finished_calls.send_modify(|n| *n += 1);
+        Some(finished)
+    }
+
+    fn record_metrics(&self, d: &CallData, f: &Finished, obs: &Observability) {
+        let m = &obs.metrics;
+        let none = || Label::fixed("none");
+        let model = d.model.clone().unwrap_or_else(none);
+        let provider = d.provider.clone().unwrap_or_else(none);
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: self.route.clone(),
+                model: model.clone(),
+                provider: provider.clone(),
+                status: f.status,
+            })
+            .inc();
+        m.request_duration
+            .get_or_create(&RouteLabels {
+                route: self.route.clone(),
+                model: model.clone(),
+                provider: provider.clone(),
+            })
+            .observe(f.latency.as_secs_f64());
+        let by_model = ModelLabels {
+            model: model.clone(),
+            provider: provider.clone(),
+        };
+        if let Some(ttft) = f.ttft {
+            m.time_to_first_token
+                .get_or_create(&by_model)
+                .observe(ttft.as_secs_f64());
+        }
+        if let Some(upstream) = f.upstream {
+            m.upstream_duration
+                .get_or_create(&by_model)
+                .observe(upstream.as_secs_f64());
+        }
+        if let Some(overhead) = f.overhead {
+            m.gateway_overhead
+                .get_or_create(&OverheadLabels {
+                    route: self.route.clone(),
+                })
+                .observe(overhead.as_secs_f64());
+        }
+        if let Some(usage) = f.usage {
+            let cached = usage.prompt_tokens_details.map_or(0, |p| p.cached_tokens);
+            for (direction, n) in [
+                ("input", usage.prompt_tokens),
+                ("output", usage.completion_tokens),
+                ("cached_input", cached),
+            ] {
+                if n > 0 {
+                    m.tokens
+                        .get_or_create(&TokenLabels {
+                            model: model.clone(),
+                            direction,
+                        })
+                        .inc_by(n);
+                }
+            }
+        }
+        if let Some(cost) = f
+            .cost
+            .and_then(|c| rust_decimal::prelude::ToPrimitive::to_f64(&c))
+        {
+            m.cost_usd.get_or_create(&CostLabels { model }).inc_by(cost);
+        }
+        if let Some(e) = &d.error
+            && matches!(
+                e,
+                GatewayError::UpstreamFailed { .. }
+                    | GatewayError::UpstreamTimeout { .. }
+                    | GatewayError::UpstreamRejected { .. }
+            )
+        {
+            m.upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
+                    provider,
+                    kind: e.kind(),
+                })
+                .inc();
+        }
+    }
+
+    fn record_span(&self, d: &CallData, f: &Finished) {
+        let Some(span) = &d.upstream_span else { return };
+        for s in [span, &self.span] {
+            if let Some(model) = &d.response_model {
+                s.record("gen_ai.response.model", model.as_str());
+            }
+            if let Some(id) = &d.response_id {
+                s.record("gen_ai.response.id", id.as_str());
+            }
+            if !d.finish_reasons.is_empty() {
+                let reasons: Vec<&str> = d.finish_reasons.iter().map(String::as_str).collect();
+                super::otel::record_finish_reasons(s, &reasons);
+            }
+            if let Some(u) = f.usage {
+                super::otel::record_usage(s, u.prompt_tokens, u.completion_tokens);
+            }
+            if let Some(t) = f.ttft {
+                s.record("sluice.time_to_first_token_ms", t.as_secs_f64() * 1000.0);
+            }
+            if let Some(c) = f
+                .cost
+                .and_then(|c| rust_decimal::prelude::ToPrimitive::to_f64(&c))
+            {
+                s.record("sluice.cost_usd", c);
+            }
+            if let Some(e) = &d.error {
+                s.record("error.type", e.kind());
+            }
+        }
+    }
+
+    fn log(&self, d: &CallData, f: &Finished) {
+        let _entered = self.span.enter();
+        let model = d.model.as_ref().map(|l| &*l.0);
+        let provider = d.provider.as_ref().map(|l| &*l.0);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (input, output) = f.usage.map_or((None, None), |u| {
+            (Some(u.prompt_tokens), Some(u.completion_tokens))
+        });
+        let cost = f.cost.map(tracing::field::display);
+        let error_kind = d.error.as_ref().map(GatewayError::kind);
+        let error = d.error.as_ref().map(tracing::field::display);
+        macro_rules! access {
+            ($level:expr, $msg:literal) => {
+                tracing::event!(
+                    $level,
+                    method = %self.method,
+                    status = f.status,
+                    model,
+                    provider,
+                    stream = d.stream,
+                    latency_ms = ms(f.latency),
+                    ttft_ms = f.ttft.map(ms),
+                    upstream_ms = f.upstream.map(ms),
+                    overhead_ms = f.overhead.map(ms),
+                    input_tokens = input,
+                    output_tokens = output,
+                    usage_estimated = f.usage_estimated,
+                    cost_usd = cost,
+                    cut = f.cut,
+                    error.kind = error_kind,
+                    error.message = error,
+                    $msg
+                )
+            };
+        }
+        match &d.error {
+            Some(e) if e.status().is_server_error() => {
+                access!(tracing::Level::WARN, "request failed");
+            }
+            Some(_) => access!(tracing::Level::INFO, "request rejected"),
+            None => access!(tracing::Level::INFO, "request served"),
+        }
+    }
+
+    /// Arrival time (unix ms) and route, for the request log.
+    pub fn received_unix_ms(&self) -> i64 {
+        self.received_unix_ms
+    }
+
+    /// The matched route.
+    pub fn route(&self) -> &str {
+        &self.route.0
+    }
+
+    /// The HTTP method.
+    pub fn method(&self) -> &http::Method {
+        &self.method
+    }
+
+    /// Milliseconds since arrival of an instant, for timelines.
+    fn offset_ms(&self, t: Instant) -> f64 {
+        (t - self.received).as_secs_f64() * 1000.0
+    }
+
+    fn summary(&self, d: &CallData) -> CallSummary {
+        let mut timeline = vec![(0.0, "received")];
+        for (t, name) in [
+            (d.upstream_started, "upstream_attempt"),
+            (d.upstream_first_byte, "upstream_first_byte"),
+            (d.headers_sent, "headers_sent"),
+            (d.first_token, "first_token"),
+            (d.upstream_done, "upstream_done"),
+        ] {
+            if let Some(t) = t {
+                timeline.push((self.offset_ms(t), name));
+            }
+        }
+        timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
+        CallSummary {
+            model: d.model.as_ref().map(|l| l.0.to_string()),
+            provider: d.provider.as_ref().map(|l| l.0.to_string()),
+            stream: d.stream,
+            error: d.error.as_ref().map(|e| (e.kind(), e.to_string())),
+            timeline,
+        }
+    }
+}
+
+/// What the request log needs from the call data, copied out under the lock.
+pub struct CallSummary {
+    /// Public model.
+    pub model: Option<String>,
+    /// Provider name.
+    pub provider: Option<String>,
+    /// Streaming request.
+    pub stream: bool,
+    /// Error kind and message.
+    pub error: Option<(&'static str, String)>,
+    /// (offset ms, event) pairs.
+    pub timeline: Vec<(f64, &'static str)>,
+}
+
+fn price_of(d: &CallData) -> Option<Decimal> {
+    let (price, usage) = (d.price.as_ref()?, d.usage.as_ref()?);
+    Some(crate::usage::cost(price, &TokenUsage::from(usage)))
+}
+
+fn overhead(received: Instant, d: &CallData) -> Option<Duration> {
+    let headers = d.headers_sent?;
+    let upstream_wait = match (d.upstream_started, d.upstream_first_byte) {
+        (Some(s), Some(f)) => f.saturating_duration_since(s),
+        _ => Duration::ZERO,
+    };
+    Some(
+        headers
+            .saturating_duration_since(received)
+            .saturating_sub(upstream_wait),
+    )
+}
+
+/// What the call needs to see of a stream chunk.
+pub trait ObservedChunk {
+    /// Response id.
+    fn id(&self) -> &str;
+    /// Response model.
+    fn model(&self) -> &str;
+    /// Calls `f` with each piece of generated text (content, tool call arguments).
+    fn each_text(&self, f: &mut dyn FnMut(&str));
+    /// Calls `f` with each finish reason.
+    fn each_finish_reason(&self, f: &mut dyn FnMut(&str));
+    /// Usage, on the final chunk.
+    fn usage(&self) -> Option<Usage>;
+}
+
+impl ObservedChunk for ChatChunk {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn each_text(&self, f: &mut dyn FnMut(&str)) {
+        for c in &self.choices {
+            if let Some(text) = &c.delta.content {
+                f(text);
+            }
+            for call in c.delta.tool_calls.iter().flatten() {
+                if let Some(function) = &call.function {
+                    f(function.name.as_deref().unwrap_or_default());
+                    f(function.arguments.as_deref().unwrap_or_default());
+                }
+            }
+        }
+    }
+
+    fn each_finish_reason(&self, f: &mut dyn FnMut(&str)) {
+        self.choices
+            .iter()
+            .filter_map(|c| c.finish_reason.as_deref())
+            .for_each(f);
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+impl ObservedChunk for Completion {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn each_text(&self, f: &mut dyn FnMut(&str)) {
+        self.choices.iter().for_each(|c| f(&c.text));
+    }
+
+    fn each_finish_reason(&self, f: &mut dyn FnMut(&str)) {
+        self.choices
+            .iter()
+            .filter_map(|c| c.finish_reason.as_deref())
+            .for_each(f);
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}

@@ -1,0 +1,215 @@
+//! Observability: logging set-up (tracing-subscriber, text or JSON), OpenTelemetry export, the request
+//! span, Prometheus metrics, the per-request [`call::Call`] record and the request log it feeds.
+
+pub mod call;
+pub mod metrics;
+pub mod otel;
+
+use std::io::IsTerminal;
+
+use serde::Deserialize;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt;
+use tracing_subscriber::prelude::*;
+
+use crate::config::{LogConfig, LogFormat};
+use crate::request_log::{RequestLog, RequestRecord, TimelineEvent};
+use call::{Call, CallSummary, Finished};
+use metrics::Metrics;
+
+/// `[telemetry]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+    /// OpenTelemetry trace export.
+    pub otel: otel::OtelConfig,
+}
+
+/// `[telemetry.metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// Serve it on its own listener instead of the main one (e.g. `127.0.0.1:9090`).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+/// Where finished calls are written: metrics and the request log.
+pub struct Observability {
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// The request log, when enabled.
+    pub request_log: Option<RequestLog>,
+    /// Capture request and response bodies into the request log.
+    pub capture_bodies: bool,
+    /// Count of finished calls, for waiting on them (tests, admin tooling) without polling.
+    pub finished_calls: tokio::sync::watch::Sender<u64>,
+}
+
+impl Observability {
+    /// Observability with fresh metrics.
+    pub fn new(request_log: Option<RequestLog>, capture_bodies: bool) -> Self {
+        Self {
+            metrics: Metrics::new(),
+            request_log,
+            capture_bodies,
+            finished_calls: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Waits until at least `n` calls have finished; false on timeout.
+    pub async fn wait_finished(&self, n: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.finished_calls.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|&done| done >= n)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Queues the request-log record of a finished call; never blocks (sheds when the writer is behind).
+    pub fn record_request(&self, call: &Call, summary: CallSummary, finished: &Finished) {
+        let Some(log) = &self.request_log else { return };
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let mut timeline: Vec<TimelineEvent> = summary
+            .timeline
+            .into_iter()
+            .map(|(at_ms, name)| TimelineEvent {
+                at_ms,
+                name: name.to_owned(),
+                detail: None,
+            })
+            .collect();
+        timeline.push(TimelineEvent {
+            at_ms: ms(finished.latency),
+            name: if finished.cut { "cut" } else { "done" }.to_owned(),
+            detail: summary.error.as_ref().map(|(kind, _)| (*kind).to_owned()),
+        });
+        let record = RequestRecord {
+            id: finished.request_id.clone(),
+            received_at: call.received_unix_ms(),
+            trace_id: otel::trace_id(call.span()),
+            key_id: None,
+            route: call.route().to_owned(),
+            method: call.method().to_string(),
+            model: summary.model,
+            provider: summary.provider,
+            status: finished.status,
+            stream: summary.stream,
+            latency_ms: ms(finished.latency),
+            ttft_ms: finished.ttft.map(ms),
+            upstream_ms: finished.upstream.map(ms),
+            input_tokens: finished.usage.map(|u| u.prompt_tokens),
+            output_tokens: finished.usage.map(|u| u.completion_tokens),
+            cost_usd: finished.cost.map(|c| c.normalize().to_string()),
+            error_kind: summary.error.as_ref().map(|(kind, _)| (*kind).to_owned()),
+            error_message: summary.error.map(|(_, message)| message),
+            cache: None,
+            request_body: None,
+            response_body: None,
+            timeline,
+        };
+        let shed_before = log.shed_count();
+        log.record(record);
+        let shed = log.shed_count().saturating_sub(shed_before);
+        if shed > 0 {
+            self.metrics.request_log_shed.inc_by(shed);
+        }
+    }
+}
+
+/// The span of one request, child of the client's W3C trace context when it sent one.
+pub fn request_span(
+    method: &http::Method,
+    route: &str,
+    request_id: &str,
+    headers: &http::HeaderMap,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        request_id,
+        gen_ai.operation.name = tracing::field::Empty,
+        gen_ai.provider.name = tracing::field::Empty,
+        gen_ai.request.model = tracing::field::Empty,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.response.id = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        sluice.time_to_first_token_ms = tracing::field::Empty,
+        sluice.cost_usd = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    otel::set_parent_from(&span, headers);
+    span
+}
+
+/// Adds `traceparent` for an upstream request made inside `span`.
+pub fn inject_trace_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    otel::inject_current(span, headers);
+}
+
+/// Installs the global subscriber: the configured log format on stdout, plus OpenTelemetry export when
+/// configured. Returns the exporter guard to flush at shutdown. Safe to call more than once (later calls
+/// keep the first subscriber).
+pub fn init(
+    config: &LogConfig,
+    otel_config: &otel::OtelConfig,
+) -> Result<Option<otel::OtelGuard>, otel::OtelError> {
+    let guard = otel::init(otel_config)?;
+    install(
+        config,
+        guard.as_ref(),
+        std::io::stdout,
+        std::io::stdout().is_terminal(),
+    );
+    Ok(guard)
+}
+
+/// Installs the global subscriber writing logs to `writer` (tests capture logs this way).
+pub fn install<W>(config: &LogConfig, otel: Option<&otel::OtelGuard>, writer: W, ansi: bool)
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
+    // The log filter applies to the log output only: raising it to `warn` must not switch traces off.
+    let otel_layer = otel.map(otel::OtelGuard::layer);
+    let registry = tracing_subscriber::registry().with(otel_layer);
+    let result = match config.format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(writer)
+                    .with_filter(filter),
+            )
+            .try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(writer)
+                    .with_filter(filter),
+            )
+            .try_init(),
+    };
+    // Already installed (tests start several apps in one process): keep the first.
+    drop(result);
+}

@@ -1,0 +1,232 @@
+//! Traces and logs end to end, in a test binary of its own because it installs the process-wide
+//! subscriber: spans with their GenAI attributes reach an in-test OTLP receiver, the client's W3C trace
+//! context is continued and propagated upstream, and no secret appears in logs, spans or error bodies.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods,
+    reason = "test code"
+)]
+
+#[path = "it/common.rs"]
+#[expect(dead_code, reason = "this binary uses part of the shared harness")]
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::config::LogConfig;
+use sluice::testkit::otlp::{AttrValue, OtlpReceiver, ReceivedSpan};
+use sluice::testkit::upstream::{Behavior, MockUpstream};
+
+use common::{TestApp, UPSTREAM_KEY, chat_body, read_sse, standard_config};
+
+const CLIENT_SECRET: &str = "sk-client-secret-do-not-log-0123456789";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Captured {
+    type Writer = Self;
+    fn make_writer(&'w self) -> Self {
+        self.clone()
+    }
+}
+
+fn find<'a>(spans: &'a [ReceivedSpan], name: &str) -> Vec<&'a ReceivedSpan> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario in one process: the subscriber it installs is global"
+)]
+async fn spans_reach_otlp_and_secrets_reach_nothing() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let upstream = MockUpstream::start().await.unwrap();
+    let config = format!(
+        "{}\n[telemetry.otel]\nendpoint = \"{}\"\nprotocol = \"http-protobuf\"\n",
+        standard_config(&upstream.base_url(), "", ""),
+        receiver.endpoint()
+    );
+    let parsed = sluice::Config::from_toml(&config).unwrap();
+    let guard = sluice::telemetry::otel::init(&parsed.telemetry.otel)
+        .unwrap()
+        .expect("export configured");
+    let logs = Captured::default();
+    let log_config = LogConfig {
+        filter: "info".to_owned(),
+        format: sluice::config::LogFormat::Json,
+    };
+    sluice::telemetry::install(&log_config, Some(&guard), logs.clone(), false);
+    let app = TestApp::start(&config).await;
+
+    // 1. Non-streaming, with the client's trace context and its own credentials.
+    let mut body = chat_body("gpt", "hello", false);
+    body["temperature"] = json!(0.5);
+    body["max_tokens"] = json!(50);
+    let resp = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_SECRET)
+        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let upstream_traceparent = upstream.requests()[0]
+        .header("traceparent")
+        .unwrap()
+        .to_owned();
+    assert!(
+        upstream_traceparent.starts_with(&format!("00-{TRACE_ID}-")),
+        "{upstream_traceparent}"
+    );
+
+    // 2. A stream through the Anthropic provider.
+    let events = read_sse(
+        app.post("/v1/chat/completions", &chat_body("claude", "hi", true))
+            .await,
+    )
+    .await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+
+    // 3. An upstream failure with the gateway's key in play.
+    upstream.set_behavior(Behavior {
+        fail: Some((
+            401,
+            json!({"error": {"message": "bad key", "type": "auth"}}),
+        )),
+        ..Behavior::default()
+    });
+    let (status, error_body) = app
+        .post_json("/v1/chat/completions", &chat_body("gpt", "x", false))
+        .await;
+    assert_eq!(status, 502);
+    assert!(!error_body.to_string().contains(UPSTREAM_KEY));
+
+    app.wait_finished(3).await;
+    app.stop().await;
+    guard.shutdown().await.unwrap();
+    let spans = receiver
+        .wait_for_spans(
+            |s| s.iter().filter(|s| s.kind == 3).count() >= 3,
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // The non-streaming call: a server span continuing the client's trace, with a client child span.
+    let chat = find(&spans, "chat gpt-upstream");
+    let call = chat
+        .iter()
+        .find(|s| s.trace_id == TRACE_ID)
+        .expect("upstream span in the client's trace");
+    assert_eq!(call.kind, 3, "client span");
+    let attr = |key: &str| {
+        call.attr(key)
+            .unwrap_or_else(|| panic!("{key} missing on {call:#?}"))
+    };
+    assert_eq!(attr("gen_ai.operation.name").as_str(), Some("chat"));
+    assert_eq!(attr("gen_ai.provider.name").as_str(), Some("up"));
+    assert_eq!(attr("gen_ai.request.model").as_str(), Some("gpt-upstream"));
+    assert_eq!(attr("gen_ai.response.model").as_str(), Some("gpt-upstream"));
+    assert!(
+        attr("gen_ai.response.id")
+            .as_str()
+            .unwrap()
+            .starts_with("chatcmpl-mock-")
+    );
+    assert_eq!(attr("gen_ai.usage.input_tokens").as_i64(), Some(12));
+    assert_eq!(attr("gen_ai.usage.output_tokens").as_i64(), Some(6));
+    assert_eq!(attr("gen_ai.request.temperature").as_f64(), Some(0.5));
+    assert_eq!(attr("gen_ai.request.max_tokens").as_i64(), Some(50));
+    assert_eq!(
+        format!("{:?}", attr("gen_ai.response.finish_reasons")),
+        r#"Array([String("stop")])"#
+    );
+    let server = spans
+        .iter()
+        .find(|s| s.span_id == call.parent_span_id)
+        .expect("parent request span");
+    assert_eq!(server.kind, 2, "server span");
+    assert_eq!(server.trace_id, TRACE_ID);
+    assert!(
+        upstream_traceparent.contains(&call.span_id),
+        "the upstream sees the client span as parent"
+    );
+
+    // The stream: usage and time to first token on the Anthropic call.
+    let stream = find(&spans, "chat claude-upstream");
+    let stream = stream.first().expect("anthropic span");
+    assert_eq!(
+        stream
+            .attr("gen_ai.provider.name")
+            .and_then(AttrValue::as_str),
+        Some("claude")
+    );
+    assert_eq!(
+        stream
+            .attr("gen_ai.usage.output_tokens")
+            .and_then(AttrValue::as_i64),
+        Some(6)
+    );
+    assert!(
+        stream
+            .attr("sluice.time_to_first_token_ms")
+            .and_then(AttrValue::as_f64)
+            .is_some()
+    );
+
+    // The failure is marked on its span.
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.attr("error.type").and_then(AttrValue::as_str) == Some("upstream_failed"))
+    );
+
+    // No secret anywhere.
+    let span_text = format!("{spans:?}");
+    let log_text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for secret in [UPSTREAM_KEY, CLIENT_SECRET] {
+        assert!(!span_text.contains(secret), "secret in spans");
+        assert!(!log_text.contains(secret), "secret in logs");
+    }
+    // One access record per request, with what ops teams need.
+    let records: Vec<Value> = log_text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["message"] == "request served" || r["message"] == "request failed")
+        .collect();
+    assert_eq!(records.len(), 3, "{log_text}");
+    let first = &records[0];
+    for field in [
+        "status",
+        "model",
+        "provider",
+        "latency_ms",
+        "input_tokens",
+        "output_tokens",
+        "overhead_ms",
+    ] {
+        assert!(first.get(field).is_some(), "{field} missing in {first}");
+    }
+    assert_eq!(first["span"]["request_id"].as_str().map(str::len), Some(36));
+    assert_eq!(records[2]["error.kind"], "upstream_failed");
+}
