@@ -32,6 +32,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use http::HeaderName;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -142,6 +143,13 @@ pub async fn serve(
         });
     }
     let app = build_router(state);
+    // Nagle's algorithm would hold back small SSE writes until the previous segment is acknowledged
+    // (up to the peer's 40 ms delayed ACK): every event is written as soon as it exists.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.signalled().cancelled_owned());
     let hard_stop = async {

@@ -46,7 +46,11 @@ impl AppState {
         let metrics = &config.telemetry.metrics;
         Ok(Self(Arc::new(Inner {
             providers: Providers::from_config(config, &tasks)?,
-            obs: Observability::new(request_log, config.request_log.capture_bodies),
+            obs: Observability::new(
+                request_log,
+                config.request_log.capture_bodies,
+                config.telemetry.otel.clone(),
+            ),
             shutdown,
             tasks,
             sse_keepalive: config.server.sse_keepalive,

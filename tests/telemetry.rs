@@ -61,7 +61,7 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
     let receiver = OtlpReceiver::start().await.unwrap();
     let upstream = MockUpstream::start().await.unwrap();
     let config = format!(
-        "{}\n[telemetry.otel]\nendpoint = \"{}\"\nprotocol = \"http-protobuf\"\n",
+        "{}\n[telemetry.otel]\nendpoint = \"{}\"\nprotocol = \"http-protobuf\"\ncapture_content = true\n",
         standard_config(&upstream.base_url(), "", ""),
         receiver.endpoint()
     );
@@ -78,7 +78,12 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
     let app = TestApp::start(&config).await;
 
     // 1. Non-streaming, with the client's trace context and its own credentials.
-    let mut body = chat_body("gpt", "hello", false);
+    // The prompt carries a secret: captured content must be redacted.
+    let mut body = chat_body(
+        "gpt",
+        &format!("my key is {CLIENT_SECRET}, keep it safe"),
+        false,
+    );
     body["temperature"] = json!(0.5);
     body["max_tokens"] = json!(50);
     let resp = app
@@ -171,6 +176,14 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
         upstream_traceparent.contains(&call.span_id),
         "the upstream sees the client span as parent"
     );
+
+    let input = attr("gen_ai.input.messages").as_str().unwrap();
+    assert!(
+        input.contains("keep it safe") && input.contains("REDACTED"),
+        "{input}"
+    );
+    let output = attr("gen_ai.output.messages").as_str().unwrap();
+    assert!(output.contains("Hello from the mock upstream."), "{output}");
 
     // The stream: usage and time to first token on the Anthropic call.
     let stream = find(&spans, "chat claude-upstream");

@@ -24,6 +24,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJson<T> {
         if !is_json(req.headers()) {
             return Err(GatewayError::UnsupportedMediaType);
         }
+        let call = req.extensions().get::<Arc<Call>>().cloned();
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| match rejection {
@@ -34,6 +35,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJson<T> {
                 }
                 _ => GatewayError::invalid("could not read the request body", None),
             })?;
+        if let Some(call) = call.filter(|c| c.captures_content()) {
+            call.request_body(&String::from_utf8_lossy(&bytes));
+        }
         parse(&bytes).map(OpenAiJson)
     }
 }

@@ -91,6 +91,9 @@ where
         let span =
             crate::telemetry::request_span(&method, &route.0, &request_id, request.headers());
         let call = Arc::new(Call::new(request_id, route, method, span.clone()));
+        if self.state.obs.captures_content() {
+            call.capture_content();
+        }
         request.extensions_mut().insert(Arc::clone(&call));
         self.state.obs.metrics.inflight.inc();
         // Clone-then-replace: the service polled ready goes into the future.

@@ -172,6 +172,7 @@ impl Route {
                 .filter_map(|c| c.finish_reason.clone())
                 .collect();
             call.response(&r.id, &r.model, reasons, r.usage);
+            call.response_body(|| serde_json::to_string(r).unwrap_or_default());
         }
         result
     }
@@ -203,6 +204,7 @@ impl Route {
                 .filter_map(|c| c.finish_reason.clone())
                 .collect();
             call.response(&r.id, &r.model, reasons, r.usage);
+            call.response_body(|| serde_json::to_string(r).unwrap_or_default());
         }
         result
     }

@@ -62,6 +62,7 @@ pub struct Call {
     received_unix_ms: i64,
     span: tracing::Span,
     finished: AtomicBool,
+    capture: AtomicBool,
     data: Mutex<CallData>,
 }
 
@@ -90,6 +91,9 @@ struct CallData {
     prompt: Option<Vec<ChatMessage>>,
     error: Option<GatewayError>,
     cost: Option<Decimal>,
+    /// Captured content (only when capture is on).
+    request_body: Option<String>,
+    response_body: Option<String>,
 }
 
 /// The summary written when a call finishes (also what the request log stores).
@@ -139,6 +143,7 @@ impl Call {
             received_unix_ms: unix_ms(),
             span,
             finished: AtomicBool::new(false),
+            capture: AtomicBool::new(false),
             data: Mutex::new(CallData::default()),
         }
     }
@@ -155,6 +160,28 @@ impl Call {
 
     fn data(&self) -> std::sync::MutexGuard<'_, CallData> {
         self.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keep request and response content (request-log bodies, span content); off by default.
+    pub fn capture_content(&self) {
+        self.capture.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether content is captured.
+    pub fn captures_content(&self) -> bool {
+        self.capture.load(Ordering::Relaxed)
+    }
+
+    /// The raw request body, when capturing.
+    pub fn request_body(&self, body: &str) {
+        self.data().request_body = Some(body.to_owned());
+    }
+
+    /// A whole response body, when capturing.
+    pub fn response_body(&self, body: impl FnOnce() -> String) {
+        if self.captures_content() {
+            self.data().response_body = Some(body());
+        }
     }
 
     /// The request id.
@@ -269,11 +296,15 @@ impl Call {
             d.response_id = Some(chunk.id().to_owned());
             d.response_model = Some(chunk.model().to_owned());
         }
+        let capture = self.captures_content();
         chunk.each_text(&mut |text| {
             if !text.is_empty() {
                 d.first_token.get_or_insert(now);
                 if d.usage.is_none() {
                     d.streamed_text.push_str(text);
+                }
+                if capture {
+                    d.response_body.get_or_insert_default().push_str(text);
                 }
             }
         });
@@ -347,10 +378,15 @@ impl Call {
             cut: !completed || d.error.is_some() && d.stream,
         };
         self.record_metrics(&d, &finished, obs);
-        self.record_span(&d, &finished);
+        self.record_span(&d, &finished, obs);
         self.log(&d, &finished);
         if obs.request_log.is_some() {
-            obs.record_request(self, self.summary(&d), &finished);
+            let mut summary = self.summary(&d);
+            if obs.capture_bodies {
+                summary.request_body = d.request_body.take();
+                summary.response_body = d.response_body.take();
+            }
+            obs.record_request(self, summary, &finished);
         }
         drop(d);
         obs.finished_calls.send_modify(|n| *n += 1);
@@ -438,7 +474,7 @@ impl Call {
         }
     }
 
-    fn record_span(&self, d: &CallData, f: &Finished) {
+    fn record_span(&self, d: &CallData, f: &Finished, obs: &Observability) {
         let Some(span) = &d.upstream_span else { return };
         for s in [span, &self.span] {
             if let Some(model) = &d.response_model {
@@ -465,6 +501,22 @@ impl Call {
             }
             if let Some(e) = &d.error {
                 s.record("error.type", e.kind());
+            }
+        }
+        if obs.otel.capture_content {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let max = obs.otel.max_content_bytes;
+            if let Some(body) = &d.request_body {
+                span.set_attribute(
+                    super::otel::attr::INPUT_MESSAGES,
+                    super::otel::capture(body, max),
+                );
+            }
+            if let Some(body) = &d.response_body {
+                span.set_attribute(
+                    super::otel::attr::OUTPUT_MESSAGES,
+                    super::otel::capture(body, max),
+                );
             }
         }
     }
@@ -553,6 +605,8 @@ impl Call {
             stream: d.stream,
             error: d.error.as_ref().map(|e| (e.kind(), e.to_string())),
             timeline,
+            request_body: None,
+            response_body: None,
         }
     }
 }
@@ -569,6 +623,10 @@ pub struct CallSummary {
     pub error: Option<(&'static str, String)>,
     /// (offset ms, event) pairs.
     pub timeline: Vec<(f64, &'static str)>,
+    /// Captured request body (only when body capture is on).
+    pub request_body: Option<String>,
+    /// Captured response body or streamed text (only when body capture is on).
+    pub response_body: Option<String>,
 }
 
 fn price_of(d: &CallData) -> Option<Decimal> {

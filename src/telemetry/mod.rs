@@ -54,19 +54,31 @@ pub struct Observability {
     pub request_log: Option<RequestLog>,
     /// Capture request and response bodies into the request log.
     pub capture_bodies: bool,
+    /// Span content capture (`telemetry.otel.capture_content`), with its size cap.
+    pub otel: otel::OtelConfig,
     /// Count of finished calls, for waiting on them (tests, admin tooling) without polling.
     pub finished_calls: tokio::sync::watch::Sender<u64>,
 }
 
 impl Observability {
     /// Observability with fresh metrics.
-    pub fn new(request_log: Option<RequestLog>, capture_bodies: bool) -> Self {
+    pub fn new(
+        request_log: Option<RequestLog>,
+        capture_bodies: bool,
+        otel: otel::OtelConfig,
+    ) -> Self {
         Self {
             metrics: Metrics::new(),
             request_log,
             capture_bodies,
+            otel,
             finished_calls: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Whether request and response content is kept for the request log or spans.
+    pub fn captures_content(&self) -> bool {
+        (self.capture_bodies && self.request_log.is_some()) || self.otel.capture_content
     }
 
     /// Waits until at least `n` calls have finished; false on timeout.
@@ -116,8 +128,8 @@ impl Observability {
             error_kind: summary.error.as_ref().map(|(kind, _)| (*kind).to_owned()),
             error_message: summary.error.map(|(_, message)| message),
             cache: None,
-            request_body: None,
-            response_body: None,
+            request_body: summary.request_body,
+            response_body: summary.response_body,
             timeline,
         };
         let shed_before = log.shed_count();

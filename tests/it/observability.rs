@@ -320,3 +320,38 @@ async fn the_admin_api_is_denied_without_a_configured_key() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["type"], "permission_error");
 }
+
+#[tokio::test]
+async fn captured_bodies_are_redacted_and_kept_only_when_enabled() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let secret = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+    for capture in [false, true] {
+        let config = priced_upstream_config(
+            &upstream,
+            &format!("[request_log]\ncapture_bodies = {capture}\n"),
+        );
+        let app = TestApp::start(&config).await;
+        let prompt = format!("here is my key {secret} please use it");
+        let resp = app
+            .post("/v1/chat/completions", &chat_body("mini", &prompt, true))
+            .await;
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        read_sse(resp).await;
+        app.wait_finished(1).await;
+        let (_dir, log) = app.stop().await;
+        let record = log.unwrap().get(&id).unwrap().expect("recorded");
+        if capture {
+            let request = record.request_body.expect("request body kept");
+            assert!(
+                request.contains("please use it") && !request.contains(secret),
+                "{request}"
+            );
+            assert_eq!(
+                record.response_body.as_deref(),
+                Some("Hello from the mock upstream.")
+            );
+        } else {
+            assert_eq!((record.request_body, record.response_body), (None, None));
+        }
+    }
+}
