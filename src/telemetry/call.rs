@@ -69,6 +69,9 @@ pub struct Call {
 #[derive(Default)]
 struct CallData {
     operation: Option<Operation>,
+    /// The model as the client named it (logs only).
+    requested_model: Option<String>,
+    /// The configured public model (a metric label).
     model: Option<Label>,
     provider: Option<Label>,
     upstream_model: Option<Arc<str>>,
@@ -203,7 +206,9 @@ impl Call {
         d.operation = Some(operation);
         d.stream = stream;
         d.params = params;
-        d.model = Some(Label(Arc::from(model)));
+        // Not a metric label yet: only a configured model becomes one (in `upstream_attempt`), so a
+        // client sending random model names cannot grow the series.
+        d.requested_model = Some(model.to_owned());
     }
 
     /// Keeps the prompt of a stream, to count its tokens if the upstream never reports usage.
@@ -523,7 +528,7 @@ impl Call {
 
     fn log(&self, d: &CallData, f: &Finished) {
         let _entered = self.span.enter();
-        let model = d.model.as_ref().map(|l| &*l.0);
+        let model = d.requested_model.as_deref();
         let provider = d.provider.as_ref().map(|l| &*l.0);
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let (input, output) = f.usage.map_or((None, None), |u| {
@@ -600,7 +605,7 @@ impl Call {
         }
         timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
         CallSummary {
-            model: d.model.as_ref().map(|l| l.0.to_string()),
+            model: d.requested_model.clone(),
             provider: d.provider.as_ref().map(|l| l.0.to_string()),
             stream: d.stream,
             error: d.error.as_ref().map(|e| (e.kind(), e.to_string())),

@@ -355,3 +355,36 @@ async fn captured_bodies_are_redacted_and_kept_only_when_enabled() {
         }
     }
 }
+
+#[tokio::test]
+async fn unknown_model_names_do_not_become_metric_labels() {
+    let app = TestApp::start(sluice::config::DEFAULT_CONFIG).await;
+    for i in 0..20 {
+        let (status, _) = app
+            .post_json(
+                "/v1/chat/completions",
+                &chat_body(&format!("random-model-{i}"), "x", false),
+            )
+            .await;
+        assert_eq!(status, 404);
+    }
+    app.wait_finished(20).await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("random-model"),
+        "client-chosen names leaked into labels"
+    );
+    let m = scrape(&app).await;
+    assert_eq!(
+        m["sluice_requests_total{model=none,provider=none,route=/v1/chat/completions,status=404}"],
+        20.0
+    );
+}
