@@ -355,10 +355,7 @@ impl Call {
         let mut usage_estimated = false;
         if d.usage.is_none() && d.stream {
             let model = d.upstream_model.as_deref().unwrap_or_default().to_owned();
-            let input = d
-                .prompt
-                .as_deref()
-                .map_or(0, |m| tokens::count_messages(&model, m));
+            let input = d.prompt.as_deref().map_or(0, |m| count_prompt(&model, m));
             let output = tokens::count_text(&model, &d.streamed_text);
             if input + output > 0 {
                 d.usage = Some(Usage::new(input, output));
@@ -632,6 +629,30 @@ pub struct CallSummary {
     pub request_body: Option<String>,
     /// Captured response body or streamed text (only when body capture is on).
     pub response_body: Option<String>,
+}
+
+/// Prompts longer than this are estimated at four bytes per token instead of tokenized: this runs on
+/// the request's thread when a stream ends without usage, and a client must not be able to make it
+/// tokenize megabytes by hanging up.
+const TOKENIZE_LIMIT_BYTES: usize = 256 * 1024;
+
+fn count_prompt(model: &str, messages: &[ChatMessage]) -> u64 {
+    let bytes: usize = messages
+        .iter()
+        .map(|m| {
+            m.content.as_ref().map_or(0, |c| match c {
+                crate::protocol::openai::MessageContent::Text(t) => t.len(),
+                crate::protocol::openai::MessageContent::Parts(p) => {
+                    p.iter().map(|v| v.to_string().len()).sum()
+                }
+            })
+        })
+        .sum();
+    if bytes > TOKENIZE_LIMIT_BYTES {
+        (bytes / 4) as u64
+    } else {
+        tokens::count_messages(model, messages)
+    }
 }
 
 fn price_of(d: &CallData) -> Option<Decimal> {
