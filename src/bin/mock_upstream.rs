@@ -31,6 +31,9 @@ struct Args {
     /// Do not record requests (for benchmarks: keeps memory flat and skips the recorder lock).
     #[arg(long)]
     no_record: bool,
+    /// Also run an OTLP/HTTP trace receiver (for benchmarks with trace export on); prints its address.
+    #[arg(long)]
+    otlp: bool,
 }
 
 #[tokio::main]
@@ -63,6 +66,21 @@ async fn main() -> ExitCode {
     };
     upstream.set_recording(!args.no_record);
     eprintln!("listening on {}", upstream.addr());
+    // Kept alive until exit.
+    let _otlp = if args.otlp {
+        match sluice::testkit::otlp::OtlpReceiver::start().await {
+            Ok(receiver) => {
+                eprintln!("otlp receiver on {}", receiver.addr());
+                Some(receiver)
+            }
+            Err(err) => {
+                eprintln!("sluice-mock-upstream: cannot start the OTLP receiver: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     match tokio::signal::ctrl_c().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Observability overhead: Sluice with everything off vs everything on (JSON access logs at info to a
+# file, the SQLite request log, OTLP trace export to a local receiver), against the upstream directly,
+# interleaved in the same run. Reports p50/p99, the latency each configuration adds over direct, and
+# the ratio on/off (goal: within 1.3x at p50 and p99).
+#
+#   bench/observability.sh [RUNS] [RATE] [DURATION]     defaults: 3 2000 10s
+#
+# Needs oha (cargo install oha --locked), taskset and python3; builds the release binaries first.
+# Pinning as in bench/run.sh: Sluice on core 0; upstream, OTLP receiver and oha on core 1.
+set -euo pipefail
+RUNS="${1:-3}"; RATE="${2:-2000}"; DURATION="${3:-10s}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+cargo build --release --bins --quiet
+OUT="$REPO/bench/results/obs-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
+WORK="$(mktemp -d)"; PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+PORT_UP="${PORT_UP:-18191}"; PORT_GW="${PORT_GW:-18193}"
+if oha --help 2>&1 | grep -q -- '--output-format'; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
+OHA=(taskset -c 1 oha --no-tui "${OHA_JSON[@]}" -m POST -H 'content-type: application/json')
+
+taskset -c 1 target/release/sluice-mock-upstream --listen "127.0.0.1:$PORT_UP" --no-record --otlp 2>"$WORK/up.log" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q "otlp receiver on" "$WORK/up.log" 2>/dev/null && break; sleep 0.1; done
+OTLP="$(sed -n 's/^otlp receiver on //p' "$WORK/up.log")"
+[ -n "$OTLP" ] || { echo "the mock upstream did not start its OTLP receiver" >&2; exit 1; }
+
+common="[server]
+listen = \"127.0.0.1:$PORT_GW\"
+shutdown_grace = \"1s\"
+[providers.up]
+kind = \"openai\"
+base_url = \"http://127.0.0.1:$PORT_UP/v1\"
+[models.bench]
+provider = \"up\"
+price = { input = \"0.15\", output = \"0.60\" }"
+printf '%s\n[log]\nfilter = "error"\n[request_log]\nenabled = false\n' "$common" >"$WORK/off.toml"
+printf '%s\n[log]\nfilter = "info"\nformat = "json"\n[request_log]\nenabled = true\npath = "%s"\n[telemetry.otel]\nendpoint = "http://%s"\nprotocol = "http-protobuf"\n' \
+  "$common" "$WORK/requests.db" "$OTLP" >"$WORK/on.toml"
+cp "$WORK/off.toml" "$WORK/on.toml" "$OUT/"
+
+BODY='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+SBODY='{"model":"bench","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+for run in $(seq "$RUNS"); do
+  for target in direct off on; do
+    if [ "$target" = direct ]; then
+      url="http://127.0.0.1:$PORT_UP/v1/chat/completions"
+    else
+      TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/sluice serve --config "$WORK/$target.toml" >"$WORK/sluice-$target.log" 2>&1 &
+      pid=$!
+      for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT_GW") 2>/dev/null && break; sleep 0.05; done
+      url="http://127.0.0.1:$PORT_GW/v1/chat/completions"
+      "${OHA[@]}" -n 2000 -c 50 -d "$BODY" "$url" >/dev/null   # warm-up
+    fi
+    "${OHA[@]}" -z "$DURATION" -c 50 -q "$RATE" --latency-correction -d "$BODY" "$url" >"$OUT/r$run-nonstream-$target.json"
+    "${OHA[@]}" -z "$DURATION" -c 50 -q "$RATE" --latency-correction -d "$SBODY" "$url" >"$OUT/r$run-stream-$target.json"
+    if [ "$target" != direct ]; then kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; fi
+  done
+done
+echo "access-log bytes written by the 'on' instance: $(wc -c <"$WORK/sluice-on.log")" >"$OUT/notes.txt"
+echo "requests in the request log: $(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from requests').fetchone()[0])" "$WORK/requests.db" 2>/dev/null || echo '?')" >>"$OUT/notes.txt"
+
+python3 - "$OUT" "$RUNS" <<'PY'
+import json, statistics, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+def pct(f, k):
+    d = json.load(open(f"{out}/{f}.json"))
+    return d["latencyPercentiles"][k] * 1000
+lines = ["| mode | target | p50 ms | p99 ms | added p50 | added p99 | per-run added p50 | per-run added p99 |",
+         "|---|---|---|---|---|---|---|---|"]
+ratios = {}
+for mode in ("nonstream", "stream"):
+    added = {}
+    base50 = [pct(f"r{r}-{mode}-direct", "p50") for r in range(1, runs + 1)]
+    base99 = [pct(f"r{r}-{mode}-direct", "p99") for r in range(1, runs + 1)]
+    lines.append(f"| {mode} | direct | {statistics.median(base50):.3f} | {statistics.median(base99):.3f} | | | | |")
+    for t in ("off", "on"):
+        p50 = [pct(f"r{r}-{mode}-{t}", "p50") for r in range(1, runs + 1)]
+        p99 = [pct(f"r{r}-{mode}-{t}", "p99") for r in range(1, runs + 1)]
+        a50 = [x - b for x, b in zip(p50, base50)]
+        a99 = [x - b for x, b in zip(p99, base99)]
+        added[t] = (statistics.median(a50), statistics.median(a99))
+        lines.append(f"| {mode} | sluice {t} | {statistics.median(p50):.3f} | {statistics.median(p99):.3f} | "
+                     f"{added[t][0]:+.3f} | {added[t][1]:+.3f} | {' / '.join(f'{x:+.3f}' for x in a50)} | "
+                     f"{' / '.join(f'{x:+.3f}' for x in a99)} |")
+    ratios[mode] = (added["on"][0] / added["off"][0], added["on"][1] / added["off"][1])
+text = "\n".join(lines) + "\n\n" + "\n".join(
+    f"- {m}: added latency on/off = {r50:.2f}x at p50, {r99:.2f}x at p99 (goal <= 1.3x)" for m, (r50, r99) in ratios.items())
+text += "\n\n" + open(f"{out}/notes.txt").read()
+print(text)
+open(f"{out}/summary.md", "w").write(text + "\n")
+PY
