@@ -182,11 +182,15 @@ fi
 SLUICE="${SLUICE_BIN:-$REPO/target/release/sluice}"                     # overridable to test the harness
 UPSTREAM="${UPSTREAM_BIN:-$REPO/target/release/sluice-mock-upstream}"
 [[ -x "$SLUICE" && -x "$UPSTREAM" ]] || die "missing $SLUICE or $UPSTREAM (build first)"
+# Run private copies: a cargo build by someone else during the run must not swap the binary under us.
+mkdir -p "$WORK/bin"
+cp "$SLUICE" "$WORK/bin/sluice-under-test"; cp "$UPSTREAM" "$WORK/bin/sluice-mock-upstream"
 {
   echo "sluice_binary: $SLUICE built $(date -u -r "$SLUICE" +%Y-%m-%dT%H:%M:%SZ) sha256 $(sha256sum "$SLUICE" | cut -c1-16)"
   echo "upstream_binary: $UPSTREAM built $(date -u -r "$UPSTREAM" +%Y-%m-%dT%H:%M:%SZ)"
   echo "git_status: $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l) changed files under src/ and Cargo.*"
 } >>"$OUT/machine.txt"
+SLUICE="$WORK/bin/sluice-under-test"; UPSTREAM="$WORK/bin/sluice-mock-upstream"
 
 # ---- quiet-machine gate and noise accounting ----------------------------------------------------
 cpu_busy_pct() {  # machine-wide CPU busy % over $1 seconds
@@ -325,6 +329,11 @@ provider = "stamp"
 
 [log]
 filter = "warn"
+
+# Everything else is Sluice's default (metrics and the SQLite request log are on by default); only the
+# request log's file is moved out of the working directory.
+[request_log]
+path = "$WORK/sluice-requests.db"
 EOF
 cp "$WORK/nginx/nginx.conf" "$OUT/nginx.conf"; cp "$WORK/sluice.toml" "$OUT/sluice.toml"
 
@@ -467,17 +476,20 @@ fi
 
 # ---- RSS with open streams ------------------------------------------------------------------------
 if has rss; then
+  # Every stream count gets a fresh Sluice: memory kept by the allocator after one test would
+  # otherwise be reused by the next and hide part of its cost.
   stop_pid "$SLUICE_PID"
   start_upstream "$PORT_SLOW" upstream-slow --tokens 1000 --ttft-ms 0 --token-delay-ms 1000; SLOW_PID=$STARTED_PID
   HBODY='{"model":"slow","stream":true,"messages":[{"role":"user","content":"hi"}]}'
   for run in $(seq 1 "$RUNS"); do
-    wait_quiet
-    start_sluice
-    sleep 2
-    idle=$(rss_kb "$SLUICE_PID")
-    log "rss r$run: fresh sluice idle RSS $idle kB"
     entries=""
+    idle=""
     for n in $STREAMS; do
+      wait_quiet
+      start_sluice
+      sleep 2
+      idle_n=$(rss_kb "$SLUICE_PID"); idle=${idle:-$idle_n}
+      log "rss r$run: fresh sluice idle RSS $idle_n kB"
       rm -f "$WORK/ready"
       taskset -c 1 python3 "$BENCH_DIR/streamclient.py" hold --url "${URL[sluice]}" --body "$HBODY" \
         --streams "$n" --concurrency 250 --open-timeout 30 --hold 300 --ready-file "$WORK/ready" \
@@ -494,10 +506,10 @@ if has rss; then
       wait "$hold_pid" 2>/dev/null || true
       sleep 3
       after=$(rss_kb "$SLUICE_PID")
-      entries+="${entries:+,}\"$n\": {\"requested\": $n, \"open\": $opened, \"rss_kb_samples\": [$s1, $s2, $s3], \"fds\": $nfd, \"rss_kb_after_close\": $after, \"hold\": $(cat "$WORK/ready")}"
+      entries+="${entries:+,}\"$n\": {\"requested\": $n, \"open\": $opened, \"idle_kb\": $idle_n, \"rss_kb_samples\": [$s1, $s2, $s3], \"fds\": $nfd, \"rss_kb_after_close\": $after, \"hwm_kb\": $(hwm_kb "$SLUICE_PID"), \"hold\": $(cat "$WORK/ready")}"
+      stop_pid "$SLUICE_PID"
     done
-    echo "{\"idle_kb\": $idle, \"streams\": {$entries}, \"hwm_kb\": $(hwm_kb "$SLUICE_PID")}" >"$OUT/r$run-rss.json"
-    stop_pid "$SLUICE_PID"
+    echo "{\"idle_kb\": $idle, \"streams\": {$entries}}" >"$OUT/r$run-rss.json"
   done
   stop_pid "$SLOW_PID"
 fi

@@ -288,8 +288,9 @@ def main():
                     per.append(None)
                     continue
                 rss_open = max(e["rss_kb_samples"])
-                per.append({"open": e["open"], "rss_kb": rss_open, "fds": e.get("fds"),
-                            "kb_per_stream": (rss_open - x["idle_kb"]) / e["open"],
+                idle = e.get("idle_kb", x["idle_kb"])  # per-count fresh process (newer runs) or per run
+                per.append({"open": e["open"], "rss_kb": rss_open, "fds": e.get("fds"), "idle_kb": idle,
+                            "kb_per_stream": (rss_open - idle) / e["open"],
                             "rss_after_close_kb": e.get("rss_kb_after_close"),
                             "errors": (e.get("hold") or {}).get("errors")})
             rss["streams"][str(n)] = {

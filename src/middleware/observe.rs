@@ -161,7 +161,7 @@ pin_project_lite::pin_project! {
                 // (hyper stops polling a full body once it is written), cut otherwise.
                 let completed = this.inner.is_end_stream();
                 this.state.obs.metrics.inflight.dec();
-                this.call.finish(*this.status, completed, &this.state.obs);
+                this.call.finish_or_defer(*this.status, completed, this.state);
             }
         }
     }
@@ -182,7 +182,7 @@ impl http_body::Body for ObservedBody {
         {
             *this.done = true;
             this.state.obs.metrics.inflight.dec();
-            this.call.finish(*this.status, true, &this.state.obs);
+            this.call.finish_or_defer(*this.status, true, this.state);
         }
         polled
     }

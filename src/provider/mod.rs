@@ -33,9 +33,9 @@ use crate::config::{Config, DisconnectPolicy, ProviderConfig, Timeouts};
 use crate::error::GatewayError;
 use crate::protocol::openai::{
     ChatChunk, ChatCompletion, ChatRequest, Completion, CompletionRequest, EmbeddingsRequest,
-    EmbeddingsResponse, Usage,
+    EmbeddingsResponse,
 };
-use crate::telemetry::call::{Call, ObservedChunk};
+use crate::telemetry::call::{Call, ObservedChunk, ObservedResponse};
 use crate::usage::Price;
 
 /// A stream of chat chunks from a provider.
@@ -164,17 +164,7 @@ impl Route {
     ) -> Result<ChatCompletion, GatewayError> {
         (*self.upstream_model).clone_into(&mut req.model);
         let call = self.attempt(&ctx);
-        let result = self.within_total(self.provider.chat(req, ctx)).await;
-        if let Ok(r) = &result {
-            let reasons = r
-                .choices
-                .iter()
-                .filter_map(|c| c.finish_reason.clone())
-                .collect();
-            call.response(&r.id, &r.model, reasons, r.usage);
-            call.response_body(|| serde_json::to_string(r).unwrap_or_default());
-        }
-        result
+        self.whole(call, self.provider.chat(req, ctx)).await
     }
 
     /// Streaming chat; see the module docs for the first-event contract.
@@ -196,17 +186,7 @@ impl Route {
     ) -> Result<Completion, GatewayError> {
         (*self.upstream_model).clone_into(&mut req.model);
         let call = self.attempt(&ctx);
-        let result = self.within_total(self.provider.completion(req, ctx)).await;
-        if let Ok(r) = &result {
-            let reasons = r
-                .choices
-                .iter()
-                .filter_map(|c| c.finish_reason.clone())
-                .collect();
-            call.response(&r.id, &r.model, reasons, r.usage);
-            call.response_body(|| serde_json::to_string(r).unwrap_or_default());
-        }
-        result
+        self.whole(call, self.provider.completion(req, ctx)).await
     }
 
     /// Streaming text completion.
@@ -229,14 +209,18 @@ impl Route {
     ) -> Result<EmbeddingsResponse, GatewayError> {
         (*self.upstream_model).clone_into(&mut req.model);
         let call = self.attempt(&ctx);
-        let result = self.within_total(self.provider.embeddings(req, ctx)).await;
-        if let Ok(r) = &result {
-            call.response(
-                "",
-                &r.model,
-                Vec::new(),
-                r.usage.map(|u| Usage::new(u.prompt_tokens, 0)),
-            );
+        self.whole(call, self.provider.embeddings(req, ctx)).await
+    }
+
+    /// A non-streaming call within the total timeout, its response recorded on the call.
+    async fn whole<T: ObservedResponse>(
+        &self,
+        call: Arc<Call>,
+        upstream: impl Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        let result = self.within_total(upstream).await;
+        if let Ok(response) = &result {
+            call.response(response);
         }
         result
     }
@@ -294,6 +278,7 @@ impl Route {
             (Some(Ok(first)), rest) => (first, rest),
         };
         call.chunk(&first);
+        let ctx_call = Arc::clone(&call);
         let guarded = Guarded {
             inner: rest,
             idle: self.timeouts.idle,
@@ -306,7 +291,10 @@ impl Route {
         let stream = futures_util::stream::once(async move { Ok(first) }).chain(guarded);
         Ok(match self.disconnect {
             DisconnectPolicy::Cancel => stream.boxed(),
-            DisconnectPolicy::Finish => detach(stream.boxed(), &self.tasks),
+            DisconnectPolicy::Finish => {
+                ctx_call.finish_after_upstream();
+                detach(stream.boxed(), &self.tasks)
+            }
         })
     }
 }

@@ -17,7 +17,10 @@ use super::metrics::{
     UpstreamErrorLabels,
 };
 use crate::error::GatewayError;
-use crate::protocol::openai::{ChatChunk, ChatMessage, Completion, Usage};
+use crate::protocol::openai::{
+    ChatChunk, ChatCompletion, ChatMessage, Completion, EmbeddingsResponse, Usage,
+};
+use crate::state::AppState;
 use crate::usage::{Price, TokenUsage, tokens};
 
 /// What kind of call this is (`gen_ai.operation.name`).
@@ -63,6 +66,8 @@ pub struct Call {
     span: tracing::Span,
     finished: AtomicBool,
     capture: AtomicBool,
+    /// `on_client_disconnect = "finish"`: the call is finished when the upstream ends, not the body.
+    defer: AtomicBool,
     data: Mutex<CallData>,
 }
 
@@ -97,6 +102,8 @@ struct CallData {
     /// Captured content (only when capture is on).
     request_body: Option<String>,
     response_body: Option<String>,
+    /// A finish waiting for the upstream to end (status, completed, where to write).
+    pending_finish: Option<(u16, bool, AppState)>,
 }
 
 /// The summary written when a call finishes (also what the request log stores).
@@ -147,6 +154,7 @@ impl Call {
             span,
             finished: AtomicBool::new(false),
             capture: AtomicBool::new(false),
+            defer: AtomicBool::new(false),
             data: Mutex::new(CallData::default()),
         }
     }
@@ -178,13 +186,6 @@ impl Call {
     /// The raw request body, when capturing.
     pub fn request_body(&self, body: &str) {
         self.data().request_body = Some(body.to_owned());
-    }
-
-    /// A whole response body, when capturing.
-    pub fn response_body(&self, body: impl FnOnce() -> String) {
-        if self.captures_content() {
-            self.data().response_body = Some(body());
-        }
     }
 
     /// The request id.
@@ -271,25 +272,47 @@ impl Call {
 
     /// The upstream call is over.
     pub fn upstream_done(&self) {
-        self.data().upstream_done.get_or_insert(Instant::now());
+        let pending = {
+            let mut d = self.data();
+            d.upstream_done.get_or_insert(Instant::now());
+            d.pending_finish.take()
+        };
+        if let Some((status, completed, state)) = pending {
+            self.finish(status, completed, &state.obs);
+        }
+    }
+
+    /// The upstream keeps running after a client disconnect: account the call when it ends.
+    pub fn finish_after_upstream(&self) {
+        self.defer.store(true, Ordering::Relaxed);
+    }
+
+    /// What the response body does at its end or drop: finishes the call, or, when the upstream is
+    /// still being read to its end (`on_client_disconnect = "finish"`), leaves that to `upstream_done`.
+    pub fn finish_or_defer(&self, status: u16, completed: bool, state: &AppState) {
+        if self.defer.load(Ordering::Relaxed) {
+            let mut d = self.data();
+            if d.upstream_started.is_some() && d.upstream_done.is_none() {
+                d.pending_finish = Some((status, completed, state.clone()));
+                return;
+            }
+        }
+        self.finish(status, completed, &state.obs);
     }
 
     /// A whole (non-streaming) response.
-    pub fn response(
-        &self,
-        id: &str,
-        model: &str,
-        finish_reasons: Vec<String>,
-        usage: Option<Usage>,
-    ) {
+    pub fn response(&self, response: &impl ObservedResponse) {
         let mut d = self.data();
         let now = Instant::now();
         d.upstream_first_byte.get_or_insert(now);
         d.upstream_done.get_or_insert(now);
-        d.response_id = Some(id.to_owned());
-        d.response_model = Some(model.to_owned());
-        d.finish_reasons = finish_reasons;
-        d.usage = usage;
+        d.response_id = Some(response.id().to_owned());
+        d.response_model = Some(response.model().to_owned());
+        d.finish_reasons = response.finish_reasons();
+        d.usage = response.usage();
+        if self.captures_content() {
+            d.response_body = serde_json::to_string(response).ok();
+        }
     }
 
     /// One stream chunk as it passes.
@@ -744,5 +767,77 @@ impl ObservedChunk for Completion {
 
     fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+}
+
+/// What the call needs to see of a whole (non-streaming) response.
+pub trait ObservedResponse: serde::Serialize {
+    /// Response id.
+    fn id(&self) -> &str;
+    /// Response model.
+    fn model(&self) -> &str;
+    /// Finish reasons of the choices.
+    fn finish_reasons(&self) -> Vec<String>;
+    /// Usage.
+    fn usage(&self) -> Option<Usage>;
+}
+
+impl ObservedResponse for ChatCompletion {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn finish_reasons(&self) -> Vec<String> {
+        self.choices
+            .iter()
+            .filter_map(|c| c.finish_reason.clone())
+            .collect()
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+impl ObservedResponse for Completion {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn finish_reasons(&self) -> Vec<String> {
+        self.choices
+            .iter()
+            .filter_map(|c| c.finish_reason.clone())
+            .collect()
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+impl ObservedResponse for EmbeddingsResponse {
+    fn id(&self) -> &'static str {
+        ""
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn finish_reasons(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.map(|u| Usage::new(u.prompt_tokens, 0))
     }
 }

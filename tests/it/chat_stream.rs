@@ -226,6 +226,21 @@ async fn finish_policy_keeps_the_upstream_running_after_a_disconnect() {
         "the upstream call was not finished"
     );
     assert_eq!(upstream.streams_dropped(), 0);
+    // The call is accounted with the upstream's full usage, not just what the client saw.
+    app.wait_finished(1).await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_tokens_total{model=\"gpt\",direction=\"output\"} 20"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
