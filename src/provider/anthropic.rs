@@ -6,8 +6,8 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::StreamExt;
 use http::{HeaderName, HeaderValue};
 
-use super::http_client::{self, describe, endpoint, read_capped};
-use super::sse_decode::{error_from_upstream, events};
+use super::http_client::{self, endpoint};
+use super::sse_decode::events;
 use super::{CallContext, ChunkStream, Provider};
 use crate::InitError;
 use crate::config::HttpProviderConfig;
@@ -15,8 +15,6 @@ use crate::error::GatewayError;
 use crate::protocol::anthropic::{MessagesRequest, MessagesResponse, StreamEvent};
 use crate::protocol::openai::{ChatCompletion, ChatRequest};
 use crate::protocol::translate::{self, MessagesToChatStream};
-
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// The Anthropic provider.
 pub struct Anthropic {
@@ -53,52 +51,16 @@ impl Anthropic {
         body: &MessagesRequest,
         ctx: &CallContext,
     ) -> Result<reqwest::Response, GatewayError> {
-        let mut request = self
+        let request = self
             .client
             .post(endpoint(&self.base_url, "messages"))
             .header(
                 HeaderName::from_static("anthropic-version"),
                 self.version.clone(),
             )
-            .json(body);
-        request = request.headers(ctx.upstream_headers());
-        // For a non-streaming call the headers come after the whole generation, so this bounds it too.
-        let response = tokio::time::timeout(self.first_byte_timeout, request.send())
-            .await
-            .map_err(|_| GatewayError::UpstreamTimeout {
-                provider: self.name.clone(),
-                phase: "first byte",
-            })?
-            .map_err(|e| self.transport(&e))?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            let status = response.status();
-            let body = read_capped(response, ERROR_BODY_LIMIT).await;
-            Err(error_from_upstream(&self.name, status, &body))
-        }
-    }
-
-    fn transport(&self, e: &reqwest::Error) -> GatewayError {
-        if e.is_timeout() {
-            let phase = if e.is_connect() { "connect" } else { "idle" };
-            GatewayError::UpstreamTimeout {
-                provider: self.name.clone(),
-                phase,
-            }
-        } else {
-            GatewayError::UpstreamFailed {
-                provider: self.name.clone(),
-                message: describe(e),
-            }
-        }
-    }
-
-    fn malformed(&self, e: &serde_json::Error) -> GatewayError {
-        GatewayError::UpstreamFailed {
-            provider: self.name.clone(),
-            message: format!("the upstream sent a response Sluice cannot read: {e}"),
-        }
+            .json(body)
+            .headers(ctx.upstream_headers());
+        http_client::send(&self.name, request, self.first_byte_timeout).await
     }
 }
 
@@ -121,9 +83,7 @@ impl Provider for Anthropic {
                 translate::chat_to_messages_request(&req, &req.model, self.default_max_tokens)?;
             body.stream = None;
             let response = self.send(&body, &ctx).await?;
-            let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
-            let message: MessagesResponse =
-                serde_json::from_slice(&bytes).map_err(|e| self.malformed(&e))?;
+            let message: MessagesResponse = http_client::read_json(&self.name, response).await?;
             Ok(translate::messages_response_to_chat(message))
         })
     }

@@ -5,8 +5,12 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use serde::de::DeserializeOwned;
+
+use super::sse_decode::error_from_upstream;
 use crate::InitError;
 use crate::config::HttpProviderConfig;
+use crate::error::GatewayError;
 
 /// Builds the provider's client. `auth` is the credential header (name, value) if the provider has a key.
 pub fn build(
@@ -66,6 +70,63 @@ pub fn endpoint(base_url: &str, path: &str) -> String {
     format!("{}/{}", base_url.trim_end_matches('/'), path)
 }
 
+/// Largest upstream error body read (bytes).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Sends a request upstream. `first_byte` bounds the wait for the response headers (for a non-streaming
+/// call they come after the whole generation, so it bounds that too); a non-2xx answer becomes the
+/// matching `GatewayError` with the upstream's message.
+pub async fn send(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+    first_byte: Duration,
+) -> Result<reqwest::Response, GatewayError> {
+    let response = tokio::time::timeout(first_byte, request.send())
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout {
+            provider: provider.to_owned(),
+            phase: "first byte",
+        })?
+        .map_err(|e| transport_error(provider, &e))?;
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body = read_capped(response, ERROR_BODY_LIMIT).await;
+    Err(error_from_upstream(provider, status, &body))
+}
+
+/// Reads and parses a whole JSON response body.
+pub async fn read_json<T: DeserializeOwned>(
+    provider: &str,
+    response: reqwest::Response,
+) -> Result<T, GatewayError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| transport_error(provider, &e))?;
+    serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamFailed {
+        provider: provider.to_owned(),
+        message: format!("the upstream sent a response Sluice cannot read: {e}"),
+    })
+}
+
+/// The gateway error for a transport failure.
+pub fn transport_error(provider: &str, e: &reqwest::Error) -> GatewayError {
+    if e.is_timeout() {
+        let phase = if e.is_connect() { "connect" } else { "idle" };
+        GatewayError::UpstreamTimeout {
+            provider: provider.to_owned(),
+            phase,
+        }
+    } else {
+        GatewayError::UpstreamFailed {
+            provider: provider.to_owned(),
+            message: describe(e),
+        }
+    }
+}
+
 /// Why a request to the upstream failed, in words safe for a client (no URL, no credentials).
 pub fn describe(e: &reqwest::Error) -> String {
     if e.is_connect() {
@@ -80,7 +141,7 @@ pub fn describe(e: &reqwest::Error) -> String {
 }
 
 /// Reads at most `limit` bytes of an error response body.
-pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Vec<u8> {
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut out = Vec::new();
     while let Ok(Some(chunk)) = resp.chunk().await {
         let room = limit.saturating_sub(out.len());

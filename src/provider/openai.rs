@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::http_client::{self, describe, endpoint, read_capped};
-use super::sse_decode::{error_from_upstream, error_in_stream, events};
+use super::http_client::{self, endpoint};
+use super::sse_decode::{error_in_stream, events};
 use super::{CallContext, ChunkStream, CompletionStream, Provider};
 use crate::InitError;
 use crate::config::HttpProviderConfig;
@@ -20,9 +20,6 @@ use crate::protocol::openai::{
     ChatChunk, ChatCompletion, ChatRequest, Completion, CompletionRequest, EmbeddingsRequest,
     EmbeddingsResponse, StreamOptions,
 };
-
-/// Largest upstream error body read (bytes).
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// An OpenAI-compatible provider.
 pub struct OpenAi {
@@ -53,42 +50,12 @@ impl OpenAi {
         body: &impl Serialize,
         ctx: &CallContext,
     ) -> Result<reqwest::Response, GatewayError> {
-        let mut request = self.client.post(endpoint(&self.base_url, path)).json(body);
-        request = request.headers(ctx.upstream_headers());
-        // For a non-streaming call the headers come after the whole generation, so this bounds it too.
-        let response = tokio::time::timeout(self.first_byte_timeout, request.send())
-            .await
-            .map_err(|_| GatewayError::UpstreamTimeout {
-                provider: self.name.clone(),
-                phase: "first byte",
-            })?
-            .map_err(|e| self.transport(&e))?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            let status = response.status();
-            let body = read_capped(response, ERROR_BODY_LIMIT).await;
-            Err(error_from_upstream(&self.name, status, &body))
-        }
-    }
-
-    fn transport(&self, e: &reqwest::Error) -> GatewayError {
-        if e.is_timeout() && e.is_connect() {
-            GatewayError::UpstreamTimeout {
-                provider: self.name.clone(),
-                phase: "connect",
-            }
-        } else if e.is_timeout() {
-            GatewayError::UpstreamTimeout {
-                provider: self.name.clone(),
-                phase: "idle",
-            }
-        } else {
-            GatewayError::UpstreamFailed {
-                provider: self.name.clone(),
-                message: describe(e),
-            }
-        }
+        let request = self
+            .client
+            .post(endpoint(&self.base_url, path))
+            .json(body)
+            .headers(ctx.upstream_headers());
+        http_client::send(&self.name, request, self.first_byte_timeout).await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -98,11 +65,7 @@ impl OpenAi {
         ctx: &CallContext,
     ) -> Result<T, GatewayError> {
         let response = self.send(path, body, ctx).await?;
-        let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
-        serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamFailed {
-            provider: self.name.clone(),
-            message: format!("the upstream sent a response Sluice cannot read: {e}"),
-        })
+        http_client::read_json(&self.name, response).await
     }
 
     /// Opens an SSE stream and decodes each `data:` payload as `T` until `[DONE]`.
