@@ -561,6 +561,8 @@ impl Call {
             ($level:expr, $msg:literal) => {
                 tracing::event!(
                     $level,
+                    // Evaluated only when the record is logged.
+                    trace_id = super::otel::trace_id(&self.span).as_deref(),
                     method = %self.method,
                     status = f.status,
                     model,
