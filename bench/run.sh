@@ -47,7 +47,7 @@ Sections (SECTIONS, default "$SECTIONS"):
   throughput  oha, non-streaming, no rate limit, -c $MAX_CONNS, -z $MAX_DURATION: req/s
   relay       bench/stamp_upstream.py stamps each chunk with CLOCK_MONOTONIC; streamclient.py relay
               measures read time minus stamp per chunk, direct / nginx / sluice
-  rss         a fresh Sluice: VmRSS idle, then with each of \$STREAMS open streams (upstream with
+  rss         a fresh Sluice per count: VmRSS idle, then with each of \$STREAMS open streams (upstream with
               --tokens 1000 --token-delay-ms 1000), KB per open stream
 
 Options:
