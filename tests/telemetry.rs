@@ -241,6 +241,9 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
         assert!(first.get(field).is_some(), "{field} missing in {first}");
     }
     assert_eq!(first["span"]["request_id"].as_str().map(str::len), Some(36));
-    assert_eq!(first["trace_id"], TRACE_ID, "the access record names the trace");
+    assert_eq!(
+        first["trace_id"], TRACE_ID,
+        "the access record names the trace"
+    );
     assert_eq!(records[2]["error.kind"], "upstream_failed");
 }
