@@ -784,47 +784,31 @@ pub trait ObservedResponse: serde::Serialize {
     fn usage(&self) -> Option<Usage>;
 }
 
-impl ObservedResponse for ChatCompletion {
-    fn id(&self) -> &str {
-        &self.id
-    }
+/// Chat completions and text completions have the same id, model, choices-with-finish-reason and
+/// usage fields.
+macro_rules! observed_response_with_choices {
+    ($($t:ty),*) => {$(
+        impl ObservedResponse for $t {
+            fn id(&self) -> &str {
+                &self.id
+            }
 
-    fn model(&self) -> &str {
-        &self.model
-    }
+            fn model(&self) -> &str {
+                &self.model
+            }
 
-    fn finish_reasons(&self) -> Vec<String> {
-        self.choices
-            .iter()
-            .filter_map(|c| c.finish_reason.clone())
-            .collect()
-    }
+            fn finish_reasons(&self) -> Vec<String> {
+                self.choices.iter().filter_map(|c| c.finish_reason.clone()).collect()
+            }
 
-    fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
+            fn usage(&self) -> Option<Usage> {
+                self.usage
+            }
+        }
+    )*};
 }
 
-impl ObservedResponse for Completion {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn model(&self) -> &str {
-        &self.model
-    }
-
-    fn finish_reasons(&self) -> Vec<String> {
-        self.choices
-            .iter()
-            .filter_map(|c| c.finish_reason.clone())
-            .collect()
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-}
+observed_response_with_choices!(ChatCompletion, Completion);
 
 impl ObservedResponse for EmbeddingsResponse {
     fn id(&self) -> &'static str {
