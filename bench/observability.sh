@@ -5,6 +5,7 @@
 # the ratio on/off (goal: within 1.3x at p50 and p99).
 #
 #   bench/observability.sh [RUNS] [RATE] [DURATION]     defaults: 3 2000 10s
+#   MODES="off logs reqlog otel on" bench/observability.sh   also each part alone (attribution)
 #
 # Needs oha (cargo install oha --locked), taskset and python3; builds the release binaries first.
 # Pinning as in bench/run.sh: Sluice on core 0; upstream, OTLP receiver and oha on core 1.
@@ -36,15 +37,22 @@ base_url = \"http://127.0.0.1:$PORT_UP/v1\"
 [models.bench]
 provider = \"up\"
 price = { input = \"0.15\", output = \"0.60\" }"
-printf '%s\n[log]\nfilter = "error"\n[request_log]\nenabled = false\n' "$common" >"$WORK/off.toml"
-printf '%s\n[log]\nfilter = "info"\nformat = "json"\n[request_log]\nenabled = true\npath = "%s"\n[telemetry.otel]\nendpoint = "http://%s"\nprotocol = "http-protobuf"\n' \
-  "$common" "$WORK/requests.db" "$OTLP" >"$WORK/on.toml"
-cp "$WORK/off.toml" "$WORK/on.toml" "$OUT/"
+off_log='[log]\nfilter = "error"\n'; on_log='[log]\nfilter = "info"\nformat = "json"\n'
+off_rl='[request_log]\nenabled = false\n'; on_rl="[request_log]\nenabled = true\npath = \"$WORK/requests.db\"\n"
+on_otel="[telemetry.otel]\nendpoint = \"http://$OTLP\"\nprotocol = \"http-protobuf\"\n"
+# Modes: off and on always; logs / reqlog / otel switch one part on at a time (MODES="off logs reqlog otel on").
+MODES="${MODES:-off on}"
+printf '%s\n'"$off_log$off_rl" "$common" >"$WORK/off.toml"
+printf '%s\n'"$on_log$on_rl$on_otel" "$common" >"$WORK/on.toml"
+printf '%s\n'"$on_log$off_rl" "$common" >"$WORK/logs.toml"
+printf '%s\n'"$off_log$on_rl" "$common" >"$WORK/reqlog.toml"
+printf '%s\n'"$off_log$off_rl$on_otel" "$common" >"$WORK/otel.toml"
+for m in $MODES; do cp "$WORK/$m.toml" "$OUT/"; done
 
 BODY='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 SBODY='{"model":"bench","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 for run in $(seq "$RUNS"); do
-  for target in direct off on; do
+  for target in direct $MODES; do
     if [ "$target" = direct ]; then
       url="http://127.0.0.1:$PORT_UP/v1/chat/completions"
     else
@@ -59,11 +67,11 @@ for run in $(seq "$RUNS"); do
     if [ "$target" != direct ]; then kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; fi
   done
 done
-echo "access-log bytes written by the 'on' instance: $(wc -c <"$WORK/sluice-on.log")" >"$OUT/notes.txt"
+echo "access-log bytes written by the last instance: $(wc -c <"$WORK/sluice-$target.log")" >"$OUT/notes.txt"
 echo "requests in the request log: $(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from requests').fetchone()[0])" "$WORK/requests.db" 2>/dev/null || echo '?')" >>"$OUT/notes.txt"
 
-python3 - "$OUT" "$RUNS" <<'PY'
-import json, statistics, sys
+MODES="$MODES" python3 - "$OUT" "$RUNS" <<'PY'
+import json, os, statistics, sys
 out, runs = sys.argv[1], int(sys.argv[2])
 def pct(f, k):
     d = json.load(open(f"{out}/{f}.json"))
@@ -76,7 +84,7 @@ for mode in ("nonstream", "stream"):
     base50 = [pct(f"r{r}-{mode}-direct", "p50") for r in range(1, runs + 1)]
     base99 = [pct(f"r{r}-{mode}-direct", "p99") for r in range(1, runs + 1)]
     lines.append(f"| {mode} | direct | {statistics.median(base50):.3f} | {statistics.median(base99):.3f} | | | | |")
-    for t in ("off", "on"):
+    for t in os.environ["MODES"].split():
         p50 = [pct(f"r{r}-{mode}-{t}", "p50") for r in range(1, runs + 1)]
         p99 = [pct(f"r{r}-{mode}-{t}", "p99") for r in range(1, runs + 1)]
         a50 = [x - b for x, b in zip(p50, base50)]
@@ -85,9 +93,10 @@ for mode in ("nonstream", "stream"):
         lines.append(f"| {mode} | sluice {t} | {statistics.median(p50):.3f} | {statistics.median(p99):.3f} | "
                      f"{added[t][0]:+.3f} | {added[t][1]:+.3f} | {' / '.join(f'{x:+.3f}' for x in a50)} | "
                      f"{' / '.join(f'{x:+.3f}' for x in a99)} |")
-    ratios[mode] = (added["on"][0] / added["off"][0], added["on"][1] / added["off"][1])
+    ratios[mode] = {t: (a[0] / added["off"][0], a[1] / added["off"][1]) for t, a in added.items() if t != "off"}
 text = "\n".join(lines) + "\n\n" + "\n".join(
-    f"- {m}: added latency on/off = {r50:.2f}x at p50, {r99:.2f}x at p99 (goal <= 1.3x)" for m, (r50, r99) in ratios.items())
+    f"- {m}: added latency {t}/off = {r50:.2f}x at p50, {r99:.2f}x at p99 (goal for 'on' <= 1.3x)"
+    for m, per in ratios.items() for t, (r50, r99) in per.items())
 text += "\n\n" + open(f"{out}/notes.txt").read()
 print(text)
 open(f"{out}/summary.md", "w").write(text + "\n")
