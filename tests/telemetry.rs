@@ -171,6 +171,16 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
         .find(|s| s.span_id == call.parent_span_id)
         .expect("parent request span");
     assert_eq!(server.kind, 2, "server span");
+    assert_eq!(
+        server
+            .attr("http.response.status_code")
+            .and_then(AttrValue::as_i64),
+        Some(200)
+    );
+    assert!(
+        server.attr("gen_ai.usage.input_tokens").is_none(),
+        "GenAI attributes belong to the client span"
+    );
     assert_eq!(server.trace_id, TRACE_ID);
     assert!(
         upstream_traceparent.contains(&call.span_id),

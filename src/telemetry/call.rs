@@ -200,9 +200,6 @@ impl Call {
 
     /// What the handler learnt from the body.
     pub fn begin(&self, operation: Operation, model: &str, stream: bool, params: RequestParams) {
-        self.span
-            .record("gen_ai.operation.name", operation.as_str());
-        self.span.record("gen_ai.request.model", model);
         let mut d = self.data();
         d.operation = Some(operation);
         d.stream = stream;
@@ -246,7 +243,6 @@ impl Call {
             sluice.cost_usd = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        self.span.record("gen_ai.provider.name", provider);
         d.model = Some(Label(Arc::clone(model)));
         d.provider = Some(Label(Arc::from(provider)));
         d.upstream_model = Some(Arc::clone(upstream_model));
@@ -499,46 +495,50 @@ impl Call {
         }
     }
 
+    /// GenAI attributes go on the client span of the upstream call (where the convention puts them);
+    /// the server span gets the status and the error, which exist for every request.
     fn record_span(&self, d: &CallData, f: &Finished, obs: &Observability) {
-        let Some(span) = &d.upstream_span else { return };
-        for s in [span, &self.span] {
-            if let Some(model) = &d.response_model {
-                s.record("gen_ai.response.model", model.as_str());
-            }
-            if let Some(id) = &d.response_id {
-                s.record("gen_ai.response.id", id.as_str());
-            }
-            if !d.finish_reasons.is_empty() {
-                let reasons: Vec<&str> = d.finish_reasons.iter().map(String::as_str).collect();
-                super::otel::record_finish_reasons(s, &reasons);
-            }
-            if let Some(u) = f.usage {
-                super::otel::record_usage(s, u.prompt_tokens, u.completion_tokens);
-            }
-            if let Some(t) = f.ttft {
-                s.record("sluice.time_to_first_token_ms", t.as_secs_f64() * 1000.0);
-            }
-            if let Some(c) = f
-                .cost
-                .and_then(|c| rust_decimal::prelude::ToPrimitive::to_f64(&c))
-            {
-                s.record("sluice.cost_usd", c);
-            }
-            if let Some(e) = &d.error {
-                s.record("error.type", e.kind());
-            }
+        self.span.record("http.response.status_code", i64::from(f.status));
+        if let Some(e) = &d.error {
+            self.span.record("error.type", e.kind());
+        }
+        let Some(s) = &d.upstream_span else { return };
+        if let Some(model) = &d.response_model {
+            s.record("gen_ai.response.model", model.as_str());
+        }
+        if let Some(id) = &d.response_id {
+            s.record("gen_ai.response.id", id.as_str());
+        }
+        if !d.finish_reasons.is_empty() {
+            let reasons: Vec<&str> = d.finish_reasons.iter().map(String::as_str).collect();
+            super::otel::record_finish_reasons(s, &reasons);
+        }
+        if let Some(u) = f.usage {
+            super::otel::record_usage(s, u.prompt_tokens, u.completion_tokens);
+        }
+        if let Some(t) = f.ttft {
+            s.record("sluice.time_to_first_token_ms", t.as_secs_f64() * 1000.0);
+        }
+        if let Some(c) = f
+            .cost
+            .and_then(|c| rust_decimal::prelude::ToPrimitive::to_f64(&c))
+        {
+            s.record("sluice.cost_usd", c);
+        }
+        if let Some(e) = &d.error {
+            s.record("error.type", e.kind());
         }
         if obs.otel.capture_content {
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
             let max = obs.otel.max_content_bytes;
             if let Some(body) = &d.request_body {
-                span.set_attribute(
+                s.set_attribute(
                     super::otel::attr::INPUT_MESSAGES,
                     super::otel::capture(body, max),
                 );
             }
             if let Some(body) = &d.response_body {
-                span.set_attribute(
+                s.set_attribute(
                     super::otel::attr::OUTPUT_MESSAGES,
                     super::otel::capture(body, max),
                 );

@@ -155,15 +155,7 @@ pub fn request_span(
         http.request.method = %method,
         http.route = route,
         request_id,
-        gen_ai.operation.name = tracing::field::Empty,
-        gen_ai.provider.name = tracing::field::Empty,
-        gen_ai.request.model = tracing::field::Empty,
-        gen_ai.response.model = tracing::field::Empty,
-        gen_ai.response.id = tracing::field::Empty,
-        gen_ai.usage.input_tokens = tracing::field::Empty,
-        gen_ai.usage.output_tokens = tracing::field::Empty,
-        sluice.time_to_first_token_ms = tracing::field::Empty,
-        sluice.cost_usd = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
     otel::set_parent_from(&span, headers);
