@@ -498,7 +498,8 @@ impl Call {
     /// GenAI attributes go on the client span of the upstream call (where the convention puts them);
     /// the server span gets the status and the error, which exist for every request.
     fn record_span(&self, d: &CallData, f: &Finished, obs: &Observability) {
-        self.span.record("http.response.status_code", i64::from(f.status));
+        self.span
+            .record("http.response.status_code", i64::from(f.status));
         if let Some(e) = &d.error {
             self.span.record("error.type", e.kind());
         }
