@@ -79,9 +79,9 @@ fn run(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<(), InitError>
         .build()?;
     runtime.block_on(async move {
         // Inside the runtime: the OTLP exporter needs one.
-        let otel = telemetry::init(&config.log, &config.telemetry.otel)
+        let telemetry = telemetry::init(&config.log, &config.telemetry.otel)
             .map_err(|e| InitError::Config(format!("telemetry.otel: {e}")))?;
-        if let Some(guard) = &otel {
+        if let Some(guard) = &telemetry.otel {
             tracing::info!(endpoint = guard.endpoint(), protocol = ?guard.protocol(), service = guard.service_name(), "exporting traces over OTLP");
         }
         let (request_log, writer) = if config.request_log.enabled {
@@ -113,11 +113,7 @@ fn run(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<(), InitError>
             let flushed = writer.shutdown(REQUEST_LOG_FLUSH_TIMEOUT).await;
             tracing::info!(flushed, "request log flushed");
         }
-        if let Some(otel) = otel
-            && let Err(e) = otel.shutdown().await
-        {
-            tracing::warn!(error = %e, "span export incomplete at shutdown");
-        }
+        telemetry.shutdown().await;
         Ok(())
     })
 }

@@ -128,7 +128,11 @@ impl Writer {
             .build()?;
         std::thread::Builder::new()
             .name("sluice-reqlog".to_owned())
-            .spawn(move || runtime.block_on(self.run()))
+            .spawn(move || {
+                // Batch commits are bursts of disk work; they run between requests, not before them.
+                crate::telemetry::lower_current_thread_priority();
+                runtime.block_on(self.run());
+            })
     }
 
     async fn run(mut self) {

@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterExt as _, filter_fn};
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
@@ -141,6 +142,21 @@ impl Observability {
     }
 }
 
+/// Lowers the calling thread to the lowest scheduling priority (niceness 19 on Linux), for background
+/// threads whose work comes in bursts (span export, request-log commits): the scheduler then runs them
+/// in the gaps between requests instead of making requests wait behind a burst. Best effort: where that
+/// is not allowed the thread keeps its priority.
+pub fn lower_current_thread_priority() {
+    if let Err(e) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::debug!(error = ?e, "could not lower the priority of a background thread");
+    }
+}
+
+/// Name of the request span; the only span whose fields appear in log lines.
+pub const REQUEST_SPAN: &str = "request";
+
 /// The span of one request, child of the client's W3C trace context when it sent one.
 pub fn request_span(
     method: &http::Method,
@@ -149,7 +165,7 @@ pub fn request_span(
     headers: &http::HeaderMap,
 ) -> tracing::Span {
     let span = tracing::info_span!(
-        "request",
+        REQUEST_SPAN,
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
         http.request.method = %method,
@@ -167,24 +183,75 @@ pub fn inject_trace_context(span: &tracing::Span, headers: &mut http::HeaderMap)
     otel::inject_current(span, headers);
 }
 
-/// Installs the global subscriber: the configured log format on stdout, plus OpenTelemetry export when
-/// configured. Returns the exporter guard to flush at shutdown. Safe to call more than once (later calls
-/// keep the first subscriber).
+/// What [`init`] started: the trace exporter, if configured, and the log writer thread. Keep it until
+/// the server stopped; [`TelemetryGuard::shutdown`] flushes both.
+pub struct TelemetryGuard {
+    /// The OTLP exporter, when trace export is configured.
+    pub otel: Option<otel::OtelGuard>,
+    log: tracing_appender::non_blocking::WorkerGuard,
+    dropped_lines: tracing_appender::non_blocking::ErrorCounter,
+}
+
+impl TelemetryGuard {
+    /// Log lines dropped because the writer thread was behind (see [`LOG_BUFFER_LINES`]).
+    pub fn dropped_log_lines(&self) -> usize {
+        self.dropped_lines.dropped_lines()
+    }
+
+    /// Flushes spans, then the log lines still queued.
+    pub async fn shutdown(self) {
+        if let Some(otel) = self.otel
+            && let Err(e) = otel.shutdown().await
+        {
+            tracing::warn!(error = %e, "span export incomplete at shutdown");
+        }
+        let dropped = self.dropped_lines.dropped_lines();
+        if dropped > 0 {
+            tracing::warn!(dropped, "log lines dropped because stdout was too slow");
+        }
+        // Dropping the worker guard writes out what is queued (bounded by the appender's own timeout).
+        drop(self.log);
+    }
+}
+
+/// Log lines queued for the writer thread before new ones are dropped (counted, see
+/// [`TelemetryGuard::dropped_log_lines`]); a stalled stdout can never block or grow a request.
+pub const LOG_BUFFER_LINES: usize = 64 * 1024;
+
+/// Installs the global subscriber: the configured log format on stdout, written by a background thread
+/// (the request path only formats and queues a line), plus OpenTelemetry export when configured.
+/// Returns the guard to flush at shutdown. Safe to call more than once (later calls keep the first
+/// subscriber).
 pub fn init(
     config: &LogConfig,
     otel_config: &otel::OtelConfig,
-) -> Result<Option<otel::OtelGuard>, otel::OtelError> {
-    let guard = otel::init(otel_config)?;
-    install(
-        config,
-        guard.as_ref(),
-        std::io::stdout,
-        std::io::stdout().is_terminal(),
-    );
-    Ok(guard)
+) -> Result<TelemetryGuard, otel::OtelError> {
+    let otel = otel::init(otel_config)?;
+    let (writer, log) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("sluice-log-writer")
+        .finish(std::io::stdout());
+    let dropped_lines = writer.error_counter();
+    install(config, otel.as_ref(), writer, std::io::stdout().is_terminal());
+    Ok(TelemetryGuard {
+        otel,
+        log,
+        dropped_lines,
+    })
+}
+
+/// Log output sees events and the request span, no other span (see [`install`]).
+fn only_request_span(meta: &tracing::Metadata<'_>) -> bool {
+    !meta.is_span() || meta.name() == REQUEST_SPAN
 }
 
 /// Installs the global subscriber writing logs to `writer` (tests capture logs this way).
+///
+/// Log lines carry the fields of the [`REQUEST_SPAN`] around them (request id, route, method) but no
+/// other span: the upstream-attempt span is recorded field by field as a call progresses, and
+/// re-formatting it for the log on every record would cost the request path for nothing (the access
+/// record already carries those values).
 pub fn install<W>(config: &LogConfig, otel: Option<&otel::OtelGuard>, writer: W, ansi: bool)
 where
     W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
@@ -201,8 +268,9 @@ where
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
+                    .with_span_list(false)
                     .with_writer(writer)
-                    .with_filter(filter),
+                    .with_filter(filter_fn(only_request_span).and(filter)),
             )
             .try_init(),
         LogFormat::Text => registry
@@ -210,7 +278,7 @@ where
                 fmt::layer()
                     .with_ansi(ansi)
                     .with_writer(writer)
-                    .with_filter(filter),
+                    .with_filter(filter_fn(only_request_span).and(filter)),
             )
             .try_init(),
     };
