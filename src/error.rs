@@ -101,6 +101,13 @@ pub enum GatewayError {
         /// Which phase: connect, first byte, idle, total.
         phase: &'static str,
     },
+    /// The caller's budget is spent (429, OpenAI's `insufficient_quota`).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Limits cannot be checked: the shared state backend is unreachable and the policy is
+    /// fail-closed (503).
+    #[error("{0}")]
+    StateUnavailable(String),
     /// The gateway is shutting down (503).
     #[error("the gateway is shutting down")]
     ShuttingDown,
@@ -130,11 +137,11 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamRejected { status, .. } => *status,
             Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -157,6 +164,8 @@ impl GatewayError {
             Self::UpstreamFailed { .. } => "upstream_failed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
+            Self::QuotaExceeded(_) => "quota_exceeded",
+            Self::StateUnavailable(_) => "state_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -178,11 +187,13 @@ impl GatewayError {
                 "rate_limit_error".to_owned()
             }
             Self::RateLimited { .. } => "rate_limit_error".to_owned(),
+            Self::QuotaExceeded(_) => "insufficient_quota".to_owned(),
             Self::Unauthorized(_) => "authentication_error".to_owned(),
             Self::Forbidden(_) => "permission_error".to_owned(),
             Self::UpstreamFailed { .. }
             | Self::UpstreamTimeout { .. }
             | Self::ShuttingDown
+            | Self::StateUnavailable(_)
             | Self::Internal(_) => "server_error".to_owned(),
             _ => "invalid_request_error".to_owned(),
         }
@@ -206,6 +217,8 @@ impl GatewayError {
             Self::UpstreamFailed { .. } => "upstream_error",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "server_shutting_down",
+            Self::QuotaExceeded(_) => "insufficient_quota",
+            Self::StateUnavailable(_) => "state_unavailable",
             Self::Internal(_) => "internal_error",
         };
         Some(code.to_owned())

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod middleware;
 pub mod protocol;

@@ -233,7 +233,12 @@ pub fn init(
         .thread_name("sluice-log-writer")
         .finish(std::io::stdout());
     let dropped_lines = writer.error_counter();
-    install(config, otel.as_ref(), writer, std::io::stdout().is_terminal());
+    install(
+        config,
+        otel.as_ref(),
+        writer,
+        std::io::stdout().is_terminal(),
+    );
     Ok(TelemetryGuard {
         otel,
         log,
