@@ -53,7 +53,7 @@ const HARD_STOP_AFTER_GRACE: Duration = Duration::from_secs(5);
 pub fn build_router(state: AppState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     let max_body = state.max_body_bytes;
-    let observed = api::api_routes()
+    let observed = api::api_routes(&state)
         .merge(api::admin_routes(&state))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

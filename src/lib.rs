@@ -34,6 +34,9 @@ pub enum InitError {
         /// Why.
         source: std::io::Error,
     },
+    /// The state backend (key store, limits) could not be opened.
+    #[error("state: {0}")]
+    State(String),
     /// The server failed while running.
     #[error("server error: {0}")]
     Serve(#[from] std::io::Error),

@@ -92,7 +92,7 @@ fn run(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<(), InitError>
             (None, None)
         };
         let shutdown = Shutdown::new(config.server.shutdown_grace);
-        let state = AppState::new(&config, shutdown.clone(), request_log)?;
+        let state = AppState::build(&config, shutdown.clone(), request_log).await?;
         let addr = config.server.listen;
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| InitError::Bind { addr, source })?;

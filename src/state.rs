@@ -7,6 +7,7 @@ use secrecy::ExposeSecret;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::provider::Providers;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Observability;
@@ -33,24 +34,32 @@ pub struct Inner {
     pub admin_key_hash: Option<[u8; 32]>,
     /// Serve `/metrics` on the main listener.
     pub metrics_on_main_listener: bool,
+    /// Virtual keys, limits and budgets.
+    pub control: Arc<Control>,
 }
 
 impl AppState {
-    /// Builds the state from a validated config, with the request log (if any) already opened.
-    pub fn new(
+    /// Builds the state from a validated config, with the request log (if any) already opened: opens
+    /// the state backend (keys, limits, spend) and starts its background loops.
+    pub async fn build(
         config: &Config,
         shutdown: Shutdown,
         request_log: Option<crate::request_log::RequestLog>,
     ) -> Result<Self, crate::InitError> {
         let tasks = TaskTracker::new();
         let metrics = &config.telemetry.metrics;
+        let control = crate::control::build(config, &tasks, &shutdown)
+            .await
+            .map_err(crate::InitError::State)?;
+        let mut obs = Observability::new(
+            request_log,
+            config.request_log.capture_bodies,
+            config.telemetry.otel.clone(),
+        );
+        control.metrics.register(obs.metrics.registry_mut());
         Ok(Self(Arc::new(Inner {
             providers: Providers::from_config(config, &tasks)?,
-            obs: Observability::new(
-                request_log,
-                config.request_log.capture_bodies,
-                config.telemetry.otel.clone(),
-            ),
+            obs,
             shutdown,
             tasks,
             sse_keepalive: config.server.sse_keepalive,
@@ -60,6 +69,7 @@ impl AppState {
                 .as_ref()
                 .map(|k| crate::middleware::admin::hash(k.expose_secret())),
             metrics_on_main_listener: metrics.enabled && metrics.listen.is_none(),
+            control,
         })))
     }
 }

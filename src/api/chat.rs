@@ -5,12 +5,15 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::StreamExt;
 
+use super::admit::admit;
 use super::extract::OpenAiJson;
 use super::sse;
+use crate::control::Estimate;
 use crate::error::GatewayError;
 use crate::protocol::openai::ChatRequest;
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::count_prompt;
 use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates a chat completion.
@@ -33,7 +36,11 @@ pub async fn create_chat_completion(
     };
     ctx.call
         .begin(Operation::Chat, &req.model, req.is_stream(), params);
-    let route = state.providers.route(&req.model)?;
+    let route = admit(&state, &ctx, &req.model, || Estimate {
+        input_tokens: count_prompt(&req.model, &req.messages),
+        max_output_tokens: req.output_limit().map(u64::from),
+    })
+    .await?;
     if !req.is_stream() {
         return Ok(Json(route.chat(req, ctx).await?).into_response());
     }

@@ -5,12 +5,15 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::StreamExt;
 
+use super::admit::admit;
 use super::extract::OpenAiJson;
 use super::sse;
+use crate::control::Estimate;
 use crate::error::GatewayError;
 use crate::protocol::openai::{ChatMessage, CompletionRequest};
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::count_prompt;
 use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates a text completion.
@@ -36,7 +39,13 @@ pub async fn create_completion(
         req.is_stream(),
         params,
     );
-    let route = state.providers.route(&req.model)?;
+    let route = admit(&state, &ctx, &req.model, || Estimate {
+        input_tokens: req.prompt_text().map_or(0, |p| {
+            count_prompt(&req.model, &[ChatMessage::text("user", p)])
+        }),
+        max_output_tokens: req.max_tokens.map(u64::from),
+    })
+    .await?;
     if !req.is_stream() {
         return Ok(Json(route.completion(req, ctx).await?).into_response());
     }

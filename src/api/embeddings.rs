@@ -3,11 +3,15 @@
 use axum::Json;
 use axum::extract::State;
 
+use super::admit::admit;
 use super::extract::OpenAiJson;
+use crate::control::Estimate;
 use crate::error::GatewayError;
+use crate::protocol::openai::ChatMessage;
 use crate::protocol::openai::{EmbeddingsRequest, EmbeddingsResponse};
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::count_prompt;
 use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates embeddings.
@@ -34,6 +38,14 @@ pub async fn create_embeddings(
         false,
         RequestParams::default(),
     );
-    let route = state.providers.route(&req.model)?;
+    let route = admit(&state, &ctx, &req.model, || Estimate {
+        input_tokens: req
+            .inputs()
+            .iter()
+            .map(|text| count_prompt(&req.model, &[ChatMessage::text("user", text)]))
+            .sum(),
+        max_output_tokens: None,
+    })
+    .await?;
     Ok(Json(route.embeddings(req, ctx).await?))
 }

@@ -99,6 +99,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
         Ok(CallContext {
             request_id: parts.headers.get("x-request-id").cloned(),
             call,
+            caller: crate::middleware::auth::caller_of(&parts.extensions),
         })
     }
 }

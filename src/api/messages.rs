@@ -7,13 +7,16 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::StreamExt;
 
+use super::admit::admit;
 use super::extract::OpenAiJson;
 use super::sse;
+use crate::control::Estimate;
 use crate::error::GatewayError;
 use crate::protocol::anthropic::MessagesRequest;
 use crate::protocol::translate::{self, ChatToMessagesStream};
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::count_prompt;
 use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates a message.
@@ -37,7 +40,11 @@ pub async fn create_message(
     };
     ctx.call.begin(Operation::Chat, &req.model, stream, params);
     let chat = translate::messages_to_chat_request(req)?;
-    let route = state.providers.route(&chat.model)?;
+    let route = admit(&state, &ctx, &chat.model, || Estimate {
+        input_tokens: count_prompt(&chat.model, &chat.messages),
+        max_output_tokens: chat.output_limit().map(u64::from),
+    })
+    .await?;
     if !stream {
         let reply = route.chat(chat, ctx).await?;
         return Ok(Json(translate::chat_to_messages_response(reply)).into_response());

@@ -1,11 +1,13 @@
 //! The route table: paths to handlers, nothing else.
 
 pub mod admin;
+pub mod admit;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod extract;
 pub mod health;
+pub mod keys;
 pub mod messages;
 pub mod metrics;
 pub mod models;
@@ -17,17 +19,22 @@ use axum::routing::{get, post};
 use crate::middleware;
 use crate::state::AppState;
 
-/// Routes that take traffic (authenticated, once auth exists).
-pub fn api_routes() -> Router<AppState> {
+/// Routes that take traffic, behind authentication. `/v1/messages` answers errors (401 included) in
+/// Anthropic's shape, so its shape layer wraps the auth layer.
+pub fn api_routes(state: &AppState) -> Router<AppState> {
+    let auth =
+        || axum::middleware::from_fn_with_state(state.clone(), middleware::auth::authenticate);
     Router::new()
         .route("/v1/chat/completions", post(chat::create_chat_completion))
         .route("/v1/completions", post(completions::create_completion))
         .route("/v1/embeddings", post(embeddings::create_embeddings))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::get_model))
+        .route_layer(auth())
         .merge(
             Router::new()
                 .route("/v1/messages", post(messages::create_message))
+                .route_layer(auth())
                 .layer(axum::middleware::map_response(
                     messages::anthropic_error_shape,
                 )),
@@ -51,6 +58,13 @@ pub fn admin_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/requests", get(admin::list_requests))
         .route("/admin/requests/{id}", get(admin::get_request))
+        .route("/admin/keys", post(keys::create_key).get(keys::list_keys))
+        .route(
+            "/admin/keys/{id}",
+            get(keys::get_key)
+                .patch(keys::update_key)
+                .delete(keys::revoke_key),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::admin::require_admin,

@@ -20,6 +20,7 @@ pub use providers::{
 };
 pub use server::{DisconnectPolicy, LogConfig, LogFormat, ServerConfig};
 
+pub use crate::control::config::{AuthConfig, Backend, ConfigKey, FailurePolicy, StateConfig};
 pub use crate::request_log::RequestLogConfig;
 pub use crate::telemetry::TelemetryConfig;
 
@@ -86,6 +87,12 @@ pub struct RawConfig {
     /// Admin API access.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Virtual keys required, and keys declared in the file.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Where limits, spend and keys live.
+    #[serde(default)]
+    pub state: StateConfig,
 }
 
 /// `[admin]`: the admin API is denied unless a key is configured.
@@ -113,6 +120,12 @@ pub struct Config {
     pub request_log: RequestLogConfig,
     /// The admin key (read from the environment variable `admin.api_key_env`), if configured.
     pub admin_key: Option<secrecy::SecretString>,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// Keys declared in `[[auth.keys]]`, resolved (secrets hashed).
+    pub config_keys: Vec<crate::control::keys::VirtualKey>,
+    /// `[state]`.
+    pub state: StateConfig,
     /// Where the configuration came from, for messages.
     pub origin: String,
 }
@@ -227,7 +240,21 @@ impl RawConfig {
                 }
             },
         };
+        let config_keys = resolve_config_keys(&self.auth.keys, &self.models).map_err(invalid)?;
+        if self.state.sync_interval.is_zero() {
+            return Err(invalid(
+                "state.sync_interval must be greater than 0".to_owned(),
+            ));
+        }
+        if self.state.redis_timeout.is_zero() {
+            return Err(invalid(
+                "state.redis_timeout must be greater than 0".to_owned(),
+            ));
+        }
         Ok(Config {
+            config_keys,
+            auth: self.auth,
+            state: self.state,
             server: self.server,
             providers: self.providers,
             models: self.models,
@@ -238,6 +265,82 @@ impl RawConfig {
             origin: origin.to_owned(),
         })
     }
+}
+
+/// Turns `[[auth.keys]]` into stored-form keys: id `cfg_<name>`, the SHA-256 given or computed from the
+/// environment variable, models that exist.
+fn resolve_config_keys(
+    keys: &[ConfigKey],
+    models: &BTreeMap<String, ModelConfig>,
+) -> Result<Vec<crate::control::keys::VirtualKey>, String> {
+    let mut out: Vec<crate::control::keys::VirtualKey> = Vec::with_capacity(keys.len());
+    for key in keys {
+        let at = format!("auth.keys `{}`", key.name);
+        if key.name.is_empty()
+            || !key
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "auth.keys: name {:?} must be non-empty letters, digits, `-` or `_`",
+                key.name
+            ));
+        }
+        let hash = match (&key.secret_sha256, &key.secret_env) {
+            (Some(hex), None) => {
+                let hex = hex.trim().to_ascii_lowercase();
+                crate::control::decode_hash(&hex)
+                    .ok_or_else(|| format!("{at}: secret_sha256 must be 64 hex digits"))?;
+                hex
+            }
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(secret) if secret.len() >= 16 => {
+                    crate::control::encode_hash(&crate::control::keys::hash_secret(&secret))
+                }
+                _ => {
+                    return Err(format!(
+                        "{at}: environment variable {var} is not set or shorter than 16 characters"
+                    ));
+                }
+            },
+            _ => {
+                return Err(format!(
+                    "{at}: set exactly one of secret_sha256 or secret_env"
+                ));
+            }
+        };
+        if let Some(model) = key.models.iter().find(|m| !models.contains_key(*m)) {
+            return Err(format!("{at}: unknown model `{model}`"));
+        }
+        if let Some(budget) = &key.budget
+            && (budget.usd <= rust_decimal::Decimal::ZERO
+                || !(0.0..=1.0).contains(&budget.soft_threshold))
+        {
+            return Err(format!(
+                "{at}: budget.usd must be > 0 and budget.soft_threshold within 0..1"
+            ));
+        }
+        let id = format!("cfg_{}", key.name);
+        if out.iter().any(|k| k.id == id || k.hash == hash) {
+            return Err(format!("{at}: duplicate name or secret"));
+        }
+        out.push(crate::control::keys::VirtualKey {
+            id,
+            name: key.name.clone(),
+            prefix: String::new(),
+            hash,
+            models: key.models.clone(),
+            limits: key.limits,
+            budget: key.budget.clone(),
+            expires_at: None,
+            revoked_at: None,
+            metadata: BTreeMap::new(),
+            created_at: 0,
+            source: "config".to_owned(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -187,6 +187,10 @@ pub struct ModelConfig {
     /// Price per million tokens, overriding the built-in table.
     #[serde(default)]
     pub price: Option<crate::usage::PriceConfig>,
+    /// Limits for every caller together (protects the upstream's quota): `rpm`, `tpm`,
+    /// `max_concurrent`.
+    #[serde(default)]
+    pub limits: crate::control::keys::Limits,
 }
 
 /// Per-phase timeouts of an upstream call.

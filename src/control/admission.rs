@@ -139,6 +139,37 @@ pub struct Decision {
 }
 
 impl Control {
+    /// 403 when `caller`'s key may not use `model`.
+    pub fn permit(&self, caller: &Caller, model: &str) -> Result<(), GatewayError> {
+        match caller {
+            Caller::Key(key) if !key.allows_model(model) => {
+                self.metrics
+                    .auth_failures
+                    .get_or_create(&super::metrics::AuthFailureLabels {
+                        reason: "model_not_allowed",
+                    })
+                    .inc();
+                Err(GatewayError::Forbidden(format!(
+                    "this API key may not use model `{model}`"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a call of `caller` on `model` reserves tokens or money, so needs a token estimate.
+    pub fn needs_estimate(&self, caller: &Caller, model: &str) -> bool {
+        let key_needs = match caller {
+            Caller::Key(key) => key.limits.tpm.is_some() || key.budget.is_some(),
+            Caller::Anonymous => false,
+        };
+        key_needs
+            || self
+                .model_limits
+                .get(model)
+                .is_some_and(|l| l.tpm.is_some())
+    }
+
     /// Checks `caller` against `model` (403 when the key may not use it), then every limit of the key
     /// and of the model at once.
     pub async fn admit(
@@ -148,26 +179,16 @@ impl Control {
         estimate: Estimate,
         price: Option<&Price>,
     ) -> Decision {
+        if let Err(error) = self.permit(caller, model) {
+            return Decision {
+                headers: Vec::new(),
+                result: Err(error),
+            };
+        }
         let key = match caller {
             Caller::Key(key) => Some(key),
             Caller::Anonymous => None,
         };
-        if let Some(key) = key
-            && !key.allows_model(model)
-        {
-            self.metrics
-                .auth_failures
-                .get_or_create(&super::metrics::AuthFailureLabels {
-                    reason: "model_not_allowed",
-                })
-                .inc();
-            return Decision {
-                headers: Vec::new(),
-                result: Err(GatewayError::Forbidden(format!(
-                    "this API key may not use model `{model}`"
-                ))),
-            };
-        }
         let checks = self.checks(key, model, estimate, price);
         if checks.is_empty() {
             return Decision {
@@ -261,6 +282,28 @@ impl Control {
             );
         }
         checks
+    }
+
+    /// The spend of `key`'s current budget period, as shown by the admin API; `None` without a
+    /// budget.
+    pub async fn spend_of(
+        &self,
+        key: &VirtualKey,
+    ) -> Result<Option<serde_json::Value>, BackendError> {
+        let Some(budget) = &key.budget else {
+            return Ok(None);
+        };
+        let now = super::unix_ms();
+        let (period, _) = period_bucket(budget.period, now);
+        let (bucket, _) = budget_bucket(&key.id, budget.period, now);
+        let (spent, reserved) = self.limiter.spend(&bucket).await?;
+        let spent = from_nanos(spent);
+        Ok(Some(serde_json::json!({
+            "period": period,
+            "spent_usd": spent.normalize().to_string(),
+            "reserved_usd": from_nanos(reserved).normalize().to_string(),
+            "remaining_usd": (budget.usd - spent).max(Decimal::ZERO).normalize().to_string(),
+        })))
     }
 
     fn backend_failed(&self, op: &'static str, error: &BackendError) -> GatewayError {

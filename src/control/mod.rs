@@ -306,3 +306,83 @@ impl Control {
 }
 
 use crate::error::GatewayError;
+
+// === Start-up ===
+
+/// Builds access control from the config: the key store and limiter of the configured backend, the
+/// stored keys loaded, and the background loops (key reload; spend ledger) on `tasks`, stopping with
+/// `shutdown`.
+pub async fn build(
+    config: &crate::config::Config,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &crate::shutdown::Shutdown,
+) -> Result<Arc<Control>, String> {
+    let model_limits = config
+        .models
+        .iter()
+        .filter(|(_, m)| !m.limits.is_empty())
+        .map(|(name, m)| (name.clone(), m.limits))
+        .collect();
+    let (store, limiter): (Arc<dyn store::KeyStore>, Arc<dyn limiter::Limiter>) =
+        match config.state.backend {
+            config::Backend::Memory => {
+                let limiter = Arc::new(limiter::MemoryLimiter::new());
+                (Arc::new(store::MemoryKeyStore::default()), limiter)
+            }
+            config::Backend::Redis => {
+                return Err("state.backend = \"redis\" is not available in this build".to_owned());
+            }
+        };
+    let control = Arc::new(Control::new(ControlParts {
+        required: config.auth.required,
+        config_keys: config.config_keys.clone(),
+        store,
+        limiter,
+        model_limits,
+        tasks: tasks.clone(),
+    }));
+    control
+        .reload()
+        .await
+        .map_err(|e| format!("cannot load API keys: {e}"))?;
+    spawn_key_reload(&control, config.state.sync_interval, tasks, shutdown);
+    Ok(control)
+}
+
+/// Reloads the key index whenever the store's version changes (a key created, changed or revoked,
+/// possibly by another replica).
+fn spawn_key_reload(
+    control: &Arc<Control>,
+    every: std::time::Duration,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &crate::shutdown::Shutdown,
+) {
+    let control = Arc::clone(control);
+    let stop = shutdown.signalled();
+    tasks.spawn(async move {
+        let mut seen = None;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match control.store.version().await {
+                Ok(version) if seen != Some(version) => match control.reload().await {
+                    Ok(()) => seen = Some(version),
+                    Err(e) => tracing::warn!(error = %e, "could not reload API keys"),
+                },
+                Ok(_) => {}
+                Err(e) => {
+                    control
+                        .metrics
+                        .backend_errors
+                        .get_or_create(&metrics::BackendLabels { op: "keys" })
+                        .inc();
+                    tracing::warn!(error = %e, "could not check API keys for changes");
+                }
+            }
+        }
+    });
+}

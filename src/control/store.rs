@@ -22,3 +22,50 @@ pub trait KeyStore: Send + Sync + 'static {
     /// A number that changes whenever any key changes.
     fn version(&self) -> BoxFuture<'_, Result<u64, BackendError>>;
 }
+
+/// Keys in this process only, lost at exit: for tests and embedders that bring their own persistence.
+#[derive(Default)]
+pub struct MemoryKeyStore {
+    keys: std::sync::Mutex<(u64, Vec<VirtualKey>)>,
+}
+
+impl MemoryKeyStore {
+    fn with<T>(&self, f: impl FnOnce(&mut (u64, Vec<VirtualKey>)) -> T) -> T {
+        f(&mut self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+impl KeyStore for MemoryKeyStore {
+    fn put<'a>(&'a self, key: &'a VirtualKey) -> BoxFuture<'a, Result<(), BackendError>> {
+        let result = self.with(|(version, keys)| {
+            if keys.iter().any(|k| k.hash == key.hash && k.id != key.id) {
+                return Err(BackendError("another key has the same secret".to_owned()));
+            }
+            match keys.iter_mut().find(|k| k.id == key.id) {
+                Some(existing) => *existing = key.clone(),
+                None => keys.push(key.clone()),
+            }
+            *version += 1;
+            Ok(())
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<VirtualKey>, BackendError>> {
+        let key = self.with(|(_, keys)| keys.iter().find(|k| k.id == id).cloned());
+        Box::pin(std::future::ready(Ok(key)))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<VirtualKey>, BackendError>> {
+        let keys = self.with(|(_, keys)| keys.clone());
+        Box::pin(std::future::ready(Ok(keys)))
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<u64, BackendError>> {
+        let version = self.with(|(version, _)| *version);
+        Box::pin(std::future::ready(Ok(version)))
+    }
+}

@@ -3,7 +3,8 @@
 //! first token, tokens and cost of streams become known, so metrics, the access log, span attributes and
 //! the request log are all written from there (see `telemetry::call`).
 //!
-//! Non-streaming responses also get `x-sluice-cost-usd` and `x-sluice-overhead-ms` headers here.
+//! Non-streaming responses also get `x-sluice-cost-usd` and `x-sluice-overhead-ms` headers here, and
+//! every response of an admitted (or refused) call its `x-ratelimit-*` headers.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -105,6 +106,10 @@ where
                 let Ok(mut response) = inner.call(request).await;
                 if let Some(error) = response.extensions().get::<GatewayError>() {
                     call.fail(error);
+                }
+                let headers = response.headers_mut();
+                for (name, value) in call.limit_headers() {
+                    headers.insert(name, value);
                 }
                 let streaming = response
                     .headers()

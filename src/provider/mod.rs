@@ -50,6 +50,8 @@ pub struct CallContext {
     pub request_id: Option<HeaderValue>,
     /// The request's record (timings, usage, errors).
     pub call: Arc<Call>,
+    /// Who is calling (set by the auth layer).
+    pub caller: crate::control::Caller,
 }
 
 impl Default for CallContext {
@@ -57,6 +59,7 @@ impl Default for CallContext {
         Self {
             request_id: None,
             call: Call::detached(),
+            caller: crate::control::Caller::Anonymous,
         }
     }
 }

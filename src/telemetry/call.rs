@@ -74,6 +74,12 @@ pub struct Call {
 #[derive(Default)]
 struct CallData {
     operation: Option<Operation>,
+    /// The virtual key's id (never the secret).
+    key_id: Option<Arc<str>>,
+    /// Limit and budget reservations, settled when the call finishes.
+    admission: Option<crate::control::Admission>,
+    /// `x-ratelimit-*` headers for the response.
+    limit_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The model as the client named it (logs only).
     requested_model: Option<String>,
     /// The configured public model (a metric label).
@@ -186,6 +192,32 @@ impl Call {
     /// The raw request body, when capturing.
     pub fn request_body(&self, body: &str) {
         self.data().request_body = Some(body.to_owned());
+    }
+
+    /// The caller's key id.
+    pub fn set_key_id(&self, id: &str) {
+        self.data().key_id = Some(Arc::from(id));
+    }
+
+    /// The caller's key id, if it used one.
+    pub fn key_id(&self) -> Option<Arc<str>> {
+        self.data().key_id.clone()
+    }
+
+    /// The reservations to settle when the call finishes, and the `x-ratelimit-*` headers.
+    pub fn admitted(
+        &self,
+        admission: Option<crate::control::Admission>,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    ) {
+        let mut d = self.data();
+        d.admission = admission;
+        d.limit_headers = headers;
+    }
+
+    /// The `x-ratelimit-*` headers of the call's admission (also set when it was refused).
+    pub fn limit_headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        self.data().limit_headers.clone()
     }
 
     /// The request id.
@@ -398,6 +430,12 @@ impl Call {
             cost: d.cost,
             cut: !completed || d.error.is_some() && d.stream,
         };
+        if let Some(admission) = d.admission.take() {
+            let tokens = finished
+                .usage
+                .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens));
+            admission.settle(tokens, finished.cost);
+        }
         self.record_metrics(&d, &finished, obs);
         self.record_span(&d, &finished, obs);
         self.log(&d, &finished);
@@ -564,6 +602,7 @@ impl Call {
                     $level,
                     // Evaluated only when the record is logged.
                     trace_id = super::otel::trace_id(&self.span).as_deref(),
+                    key_id = d.key_id.as_deref(),
                     method = %self.method,
                     status = f.status,
                     model,
@@ -628,6 +667,7 @@ impl Call {
         }
         timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
         CallSummary {
+            key_id: d.key_id.as_deref().map(str::to_owned),
             model: d.requested_model.clone(),
             provider: d.provider.as_ref().map(|l| l.0.to_string()),
             stream: d.stream,
@@ -641,6 +681,8 @@ impl Call {
 
 /// What the request log needs from the call data, copied out under the lock.
 pub struct CallSummary {
+    /// The caller's key id.
+    pub key_id: Option<String>,
     /// Public model.
     pub model: Option<String>,
     /// Provider name.
@@ -662,7 +704,8 @@ pub struct CallSummary {
 /// tokenize megabytes by hanging up.
 const TOKENIZE_LIMIT_BYTES: usize = 256 * 1024;
 
-fn count_prompt(model: &str, messages: &[ChatMessage]) -> u64 {
+/// Input tokens of `messages`: tokenized up to [`TOKENIZE_LIMIT_BYTES`] of text, estimated beyond.
+pub fn count_prompt(model: &str, messages: &[ChatMessage]) -> u64 {
     let bytes: usize = messages
         .iter()
         .map(|m| {

@@ -113,7 +113,7 @@ impl Observability {
             id: finished.request_id.clone(),
             received_at: call.received_unix_ms(),
             trace_id: otel::trace_id(call.span()),
-            key_id: None,
+            key_id: summary.key_id,
             route: call.route().to_owned(),
             method: call.method().to_string(),
             model: summary.model,

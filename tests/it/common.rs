@@ -29,16 +29,33 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Starts the gateway with this TOML config; the request log lives in a fresh temporary directory.
+    /// Starts the gateway with this TOML config, without requiring API keys (tests of other features
+    /// call without one); the request log lives in a fresh temporary directory.
     pub async fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         Self::start_in(config, dir).await
     }
 
-    /// Starts the gateway with its request log in `dir` (to restart on the same database).
+    /// Like [`TestApp::start`], with its request log and state in `dir` (to restart on them).
     pub async fn start_in(config: &str, dir: tempfile::TempDir) -> Self {
         let mut config = Config::from_toml(config).expect("test config is valid");
+        config.auth.required = false;
+        Self::start_config(config, dir).await
+    }
+
+    /// Starts the gateway with `[auth]` as configured (keys required by default).
+    pub async fn start_secured(config: &str, dir: tempfile::TempDir) -> Self {
+        Self::start_config(
+            Config::from_toml(config).expect("test config is valid"),
+            dir,
+        )
+        .await
+    }
+
+    /// Starts the gateway with a parsed config; the request log and state files go to `dir`.
+    pub async fn start_config(mut config: Config, dir: tempfile::TempDir) -> Self {
         config.request_log.path = dir.path().join("requests.db");
+        config.state.path = dir.path().join("state.db");
         let (request_log, writer) = if config.request_log.enabled {
             let (log, writer) = RequestLog::open(&config.request_log).unwrap();
             (Some(log), Some(writer))
@@ -46,8 +63,9 @@ impl TestApp {
             (None, None)
         };
         let shutdown = Shutdown::new(config.server.shutdown_grace);
-        let state =
-            AppState::new(&config, shutdown.clone(), request_log.clone()).expect("state builds");
+        let state = AppState::build(&config, shutdown.clone(), request_log.clone())
+            .await
+            .expect("state builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(app::serve(listener, None, state.clone()));

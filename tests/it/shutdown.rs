@@ -115,6 +115,7 @@ async fn the_binary_drains_on_sigterm() {
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth("sk-sluice-demo")
         .json(&chat_body("mock-gpt", "hi", true))
         .send()
         .await
