@@ -587,3 +587,38 @@ impl Settler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_are_written_like_openai() {
+        assert_eq!(format_reset(Duration::from_millis(20)), "20ms");
+        assert_eq!(format_reset(Duration::from_secs(1)), "1s");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+        assert_eq!(format_reset(Duration::ZERO), "0ms");
+    }
+
+    #[test]
+    fn nanos_round_up_and_back() {
+        assert_eq!(to_nanos(Decimal::new(12, 3)), 12_000_000);
+        // A reservation never under-counts a fraction of a nano-dollar.
+        assert_eq!(to_nanos(Decimal::new(1, 10)), 1);
+        assert_eq!(from_nanos(48_000_000).normalize().to_string(), "0.048");
+    }
+
+    #[test]
+    fn periods_are_utc_calendar_buckets() {
+        // 2026-11-27T07:00:00Z
+        let now = 1_795_762_800_000;
+        assert_eq!(period_bucket(Period::Day, now).0, "2026-11-27");
+        assert_eq!(period_bucket(Period::Month, now).0, "2026-11");
+        assert_eq!(period_bucket(Period::Total, now).0, "total");
+        let (bucket, ttl) = budget_bucket("key_1", Period::Month, now);
+        assert_eq!(&*bucket, "k:key_1:budget:2026-11");
+        // Lives past the end of the month (4 days left) but not for ever.
+        assert!(ttl >= Duration::from_hours(4 * 24) && ttl <= Duration::from_hours(33 * 24));
+    }
+}

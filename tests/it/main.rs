@@ -9,6 +9,7 @@
     reason = "test code, helpers included: failing loudly is the point, and tests spawn freely"
 )]
 
+mod access;
 mod anthropic;
 mod chat;
 mod chat_stream;
