@@ -597,7 +597,7 @@ mod tests {
         assert_eq!(format_reset(Duration::from_millis(20)), "20ms");
         assert_eq!(format_reset(Duration::from_secs(1)), "1s");
         assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+        assert_eq!(format_reset(Duration::from_mins(6)), "6m0s");
         assert_eq!(format_reset(Duration::ZERO), "0ms");
     }
 

@@ -98,7 +98,7 @@ fn with_max_tokens(mut body: Value, n: u64) -> Value {
 #[tokio::test]
 async fn the_auth_matrix() {
     let app = start("", "").await;
-    let (id, secret) = create_key(&app, json!({"name": "team-a", "models": ["mock-gpt"]})).await;
+    let (_, secret) = create_key(&app, json!({"name": "team-a", "models": ["mock-gpt"]})).await;
     let body = chat_body("mock-gpt", "hi", false);
     let send = |auth: Option<(&'static str, String)>| {
         let mut req = app.client.post(app.url("/v1/chat/completions")).json(&body);
@@ -193,6 +193,39 @@ async fn the_auth_matrix() {
             .status(),
         401
     );
+}
+
+#[tokio::test]
+async fn revoked_and_expired_keys_are_refused_and_every_failure_is_counted() {
+    let app = start("", "").await;
+    let (id, secret) = create_key(&app, json!({"name": "team-a", "models": ["mock-gpt"]})).await;
+    let body = chat_body("mock-gpt", "hi", false);
+    assert_eq!(chat(&app, &secret, &body).await.status(), 200);
+    assert_eq!(
+        chat(&app, &secret, &chat_body("other", "hi", false))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(chat(&app, "", &body).await.status(), 401);
+    assert_eq!(chat(&app, "sk-nope", &body).await.status(), 401);
+    let malformed = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("authorization", "Basic abc")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 401);
+    let missing = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 401);
     // Revoked: 401 at once on this replica.
     let revoked: Value = app
         .client
@@ -226,7 +259,7 @@ async fn the_auth_matrix() {
         budget: None,
         expires_at: Some(sluice::control::unix_ms() - 1),
         revoked_at: None,
-        metadata: Default::default(),
+        metadata: std::collections::BTreeMap::default(),
         created_at: 0,
         source: "api".to_owned(),
     };
