@@ -1,5 +1,6 @@
-//! The durable store of the single-process (`memory`) backend: virtual keys ([`KeyStore`]) and the
-//! spend ledger of [`super::limiter::MemoryLimiter`], in one SQLite file.
+//! The durable store of the single-process (`memory`) backend: virtual keys
+//! ([`KeyStore`](super::store::KeyStore)) and the spend ledger of [`super::limiter::MemoryLimiter`],
+//! in one SQLite file.
 //!
 //! Three tables. `keys` holds each key as JSON (`body`), with the id, the secret's hash and the times
 //! as columns: `hash` is `UNIQUE`, so two keys can never share a secret, and `created_at` orders
