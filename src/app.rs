@@ -119,7 +119,7 @@ impl MakeRequestId for UuidV7 {
 
 /// Serves on already-bound listeners until shutdown, then drains: in-flight requests run for the grace
 /// period, open streams are then ended, and after a short hard stop the function returns regardless.
-/// Background tasks are awaited last. `metrics` is the separate metrics listener, if configured.
+/// Background tasks are awaited last, then settled spend is written to the ledger. `metrics` is the separate metrics listener, if configured.
 pub async fn serve(
     listener: TcpListener,
     metrics: Option<TcpListener>,
@@ -142,6 +142,7 @@ pub async fn serve(
             }
         });
     }
+    let control = std::sync::Arc::clone(&state.control);
     let app = build_router(state);
     // Nagle's algorithm would hold back small SSE writes until the previous segment is acknowledged
     // (up to the peer's 40 ms delayed ACK): every event is written as soon as it exists.
@@ -167,6 +168,8 @@ pub async fn serve(
     {
         tracing::warn!("background tasks still running at exit");
     }
+    // Every call has settled by now (connections closed, detached upstream reads done).
+    control.flush_spend().await;
     tracing::info!("sluice stopped");
     Ok(())
 }

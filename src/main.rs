@@ -36,6 +36,9 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Manage virtual API keys of a running gateway through its admin API (admin key in the
+    /// `SLUICE_ADMIN_KEY` environment variable).
+    Keys(sluice::cli::KeysArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,16 @@ fn main() -> ExitCode {
         config: None,
         listen: None,
     }) {
+        Command::Keys(args) => match keys(args) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => match Config::load(Some(&file)) {
             Ok(config) => {
                 eprintln!(
@@ -67,6 +80,17 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn keys(args: sluice::cli::KeysArgs) -> Result<String, String> {
+    let admin_key = sluice::cli::admin_key_from_env().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(sluice::cli::run_keys(args.command, &args.url, &admin_key))
+        .map_err(|e| e.to_string())
 }
 
 fn run(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<(), InitError> {

@@ -6,7 +6,7 @@
 //! 1. `middleware::auth` calls [`Control::authenticate`]: the key from `Authorization: Bearer` or
 //!    `x-api-key` is hashed and looked up in the in-memory [`KeyIndex`] (no I/O), giving a [`Caller`].
 //! 2. The handler parses the body, then [`Control::admit`] checks the model against the key (403) and
-//!    every limit of the key and of the model at once (one [`Limiter::admit`]: one Redis script
+//!    every limit of the key and of the model at once (one [`limiter::Limiter::admit`]: one Redis script
 //!    round trip, or one mutex in memory). Tokens and budget are reserved from an estimate (prompt
 //!    tokens + `max_tokens`, priced). The [`Admission`] rides on the call record.
 //! 3. When the call is over (last byte of a stream, or the client left), the call record settles the
@@ -167,6 +167,8 @@ pub struct Control {
     /// Metric families.
     pub metrics: metrics::ControlMetrics,
     tasks: tokio_util::task::TaskTracker,
+    /// The memory backend's spend ledger.
+    ledger: Option<SpendLedger>,
     /// Budget buckets whose soft threshold was already reported.
     warned: Arc<std::sync::Mutex<std::collections::HashSet<Arc<str>>>>,
 }
@@ -225,10 +227,19 @@ impl Control {
             metrics: metrics::ControlMetrics::default(),
             tasks: parts.tasks,
             warned: Arc::default(),
+            ledger: None,
         };
         control.index.replace(control.config_keys.iter().cloned());
         control.metrics.backend_up.set(1);
         control
+    }
+
+    /// Writes settled spend to durable storage (memory backend; Redis holds its own). Called by
+    /// `app::serve` after the last connection and task ended, so no settlement comes later.
+    pub async fn flush_spend(&self) {
+        if let Some(ledger) = &self.ledger {
+            ledger.flush().await;
+        }
     }
 
     /// Whether every API call needs a key.
@@ -324,24 +335,45 @@ pub async fn build(
         .filter(|(_, m)| !m.limits.is_empty())
         .map(|(name, m)| (name.clone(), m.limits))
         .collect();
-    let (store, limiter): (Arc<dyn store::KeyStore>, Arc<dyn limiter::Limiter>) =
-        match config.state.backend {
-            config::Backend::Memory => {
-                let limiter = Arc::new(limiter::MemoryLimiter::new());
-                (Arc::new(store::MemoryKeyStore::default()), limiter)
-            }
-            config::Backend::Redis => {
-                return Err("state.backend = \"redis\" is not available in this build".to_owned());
-            }
-        };
-    let control = Arc::new(Control::new(ControlParts {
+    let (store, limiter, ledger): (
+        Arc<dyn store::KeyStore>,
+        Arc<dyn limiter::Limiter>,
+        Option<SpendLedger>,
+    ) = match config.state.backend {
+        config::Backend::Memory => {
+            let path = config.state.path.clone();
+            let sqlite = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{}: {e}", config.state.path.display()))?;
+            let limiter = Arc::new(limiter::MemoryLimiter::new());
+            limiter.load_spend(
+                sqlite
+                    .load_spend()
+                    .await
+                    .map_err(|e| format!("cannot read the spend ledger: {e}"))?,
+            );
+            let spend_ledger = SpendLedger {
+                limiter: Arc::clone(&limiter),
+                sqlite: sqlite.clone(),
+            };
+            spawn_spend_ledger(&spend_ledger, config.state.sync_interval, tasks, shutdown);
+            (Arc::new(sqlite), limiter, Some(spend_ledger))
+        }
+        config::Backend::Redis => {
+            return Err("state.backend = \"redis\" is not available in this build".to_owned());
+        }
+    };
+    let mut control = Control::new(ControlParts {
         required: config.auth.required,
         config_keys: config.config_keys.clone(),
         store,
         limiter,
         model_limits,
         tasks: tasks.clone(),
-    }));
+    });
+    control.ledger = ledger;
+    let control = Arc::new(control);
     control
         .reload()
         .await
@@ -383,6 +415,47 @@ fn spawn_key_reload(
                         .inc();
                     tracing::warn!(error = %e, "could not check API keys for changes");
                 }
+            }
+        }
+    });
+}
+
+/// The memory backend's durable spend: settled spend is written to SQLite every `state.sync_interval`
+/// and by [`Control::flush_spend`] after the server stopped, so a crash loses at most one interval and
+/// a graceful stop nothing.
+#[derive(Clone)]
+pub struct SpendLedger {
+    limiter: Arc<limiter::MemoryLimiter>,
+    sqlite: sqlite::SqliteStore,
+}
+
+impl SpendLedger {
+    /// Writes what changed since the last flush.
+    pub async fn flush(&self) {
+        let rows = self.limiter.take_dirty_spend();
+        if !rows.is_empty()
+            && let Err(e) = self.sqlite.save_spend(rows).await
+        {
+            tracing::warn!(error = %e, "could not write the spend ledger");
+        }
+    }
+}
+
+fn spawn_spend_ledger(
+    ledger: &SpendLedger,
+    every: std::time::Duration,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &crate::shutdown::Shutdown,
+) {
+    let ledger = ledger.clone();
+    let stop = shutdown.signalled();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => ledger.flush().await,
             }
         }
     });

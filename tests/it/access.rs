@@ -697,3 +697,105 @@ async fn the_admin_api_manages_keys() {
         "{list}"
     );
 }
+
+#[tokio::test]
+async fn keys_and_spend_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start_secured(&config("", ""), dir).await;
+    let (id, secret) = create_key(
+        &app,
+        json!({"name": "durable", "budget": {"usd": "1", "period": "total"}}),
+    )
+    .await;
+    let (revoked_id, revoked) = create_key(&app, json!({"name": "gone"})).await;
+    let body = with_max_tokens(chat_body("mock-gpt", "hi", false), 5);
+    for i in 0..3 {
+        assert_eq!(chat(&app, &secret, &body).await.status(), 200);
+        app.wait_finished(i + 1).await;
+    }
+    app.client
+        .delete(app.url(&format!("/admin/keys/{revoked_id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    // A graceful stop writes the last settled spend; nothing is lost.
+    let (dir, _) = app.stop().await;
+    let app = TestApp::start_secured(&config("", ""), dir).await;
+    assert_eq!(chat(&app, &secret, &body).await.status(), 200);
+    assert_eq!(chat(&app, &revoked, &body).await.status(), 401);
+    app.wait_finished(2).await;
+    let key: Value = app
+        .client
+        .get(app.url(&format!("/admin/keys/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // 3 calls before the restart and 1 after, 0.012 USD each.
+    assert_eq!(key["spend"]["spent_usd"], "0.048", "{key}");
+}
+
+#[tokio::test]
+async fn the_keys_cli_drives_a_running_gateway() {
+    let app = start("", "").await;
+    let run = |args: Vec<String>| {
+        let base = app.base.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .arg("keys")
+                .args(&args)
+                .args(["--url", &base])
+                .env("SLUICE_ADMIN_KEY", ADMIN)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let created: Value = serde_json::from_str(
+        &run([
+            "create", "--name", "from-cli", "--model", "mock-gpt", "--rpm", "5", "--json",
+        ]
+        .map(String::from)
+        .to_vec())
+        .await,
+    )
+    .unwrap();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(created["key"]["limits"]["rpm"], 5);
+    let resp = chat(&app, &secret, &chat_body("mock-gpt", "hi", false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "x-ratelimit-limit-requests").as_deref(),
+        Some("5")
+    );
+    let list = run(vec!["list".to_owned()]).await;
+    assert!(list.contains(&id) && list.contains("from-cli"), "{list}");
+    assert!(!list.contains(&secret));
+    run(vec!["revoke".to_owned(), id.clone()]).await;
+    assert_eq!(
+        chat(&app, &secret, &chat_body("mock-gpt", "hi", false))
+            .await
+            .status(),
+        401
+    );
+    // Without the admin key the CLI refuses before sending anything.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["keys", "list", "--url", &app.base])
+        .env_remove("SLUICE_ADMIN_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SLUICE_ADMIN_KEY"));
+}
