@@ -49,8 +49,12 @@ fn main() -> ExitCode {
     }) {
         Command::Keys(args) => match keys(args) {
             Ok(out) => {
-                println!("{out}");
-                ExitCode::SUCCESS
+                use std::io::Write as _;
+                // The command's output is its result (a secret, a table): stdout, not the log.
+                match writeln!(std::io::stdout().lock(), "{out}") {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(_) => ExitCode::FAILURE,
+                }
             }
             Err(e) => {
                 eprintln!("error: {e}");
