@@ -242,3 +242,47 @@ pub fn chat_text(events: &[Sse]) -> String {
 pub fn chat_body(model: &str, text: &str, stream: bool) -> serde_json::Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}], "stream": stream})
 }
+
+/// Starts the real `sluice` binary with `config`, its request log and state files in `dir` and extra
+/// environment `env`, on a port it picks; returns the child and its address, read from its JSON log.
+pub async fn spawn_sluice(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .env("SLUICE_LOG__FORMAT", "json")
+        .env("SLUICE_REQUEST_LOG__PATH", dir.join("requests.db"))
+        .env("SLUICE_STATE__PATH", dir.join("state.db"))
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        // Keeps reading to the end, so the child never blocks on a full pipe.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if record["message"] == "sluice listening"
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(record["addr"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("sluice started")
+        .unwrap();
+    (child, addr)
+}

@@ -18,6 +18,7 @@ mod common;
 mod errors;
 mod load;
 mod observability;
+mod replicas;
 mod sdk;
 mod shutdown;
 mod snapshots;

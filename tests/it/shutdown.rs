@@ -1,8 +1,7 @@
 //! Graceful shutdown during a stream: in-flight streams finish within the grace period; past it they end
 //! with an error event; the real binary does the same on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -83,35 +82,7 @@ async fn the_binary_drains_on_sigterm() {
     let text =
         sluice::config::DEFAULT_CONFIG.replace("token_delay = \"0ms\"", "token_delay = \"50ms\"");
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("SLUICE_LOG__FORMAT", "json")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if record["message"] == "sluice listening"
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(record["addr"].as_str().unwrap().to_owned());
-            }
-        }
-    });
-    let addr = tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("sluice started")
-        .unwrap();
+    let (mut child, addr) = crate::common::spawn_sluice(&config, &dir, &[]).await;
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("http://{addr}/v1/chat/completions"))
