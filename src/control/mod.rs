@@ -460,3 +460,124 @@ fn spawn_spend_ledger(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keys::{VirtualKey, hash_secret};
+    use super::*;
+
+    fn key(id: &str, secret: &str) -> VirtualKey {
+        VirtualKey {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            prefix: String::new(),
+            hash: encode_hash(&hash_secret(secret)),
+            models: vec!["m".to_owned()],
+            limits: keys::Limits::default(),
+            budget: None,
+            expires_at: None,
+            revoked_at: None,
+            metadata: std::collections::BTreeMap::new(),
+            created_at: 0,
+            source: "api".to_owned(),
+        }
+    }
+
+    fn control(required: bool) -> Control {
+        let control = Control::new(ControlParts {
+            required,
+            config_keys: vec![key("k1", "sk-one-0123456789")],
+            store: Arc::new(store::MemoryKeyStore::default()),
+            limiter: Arc::new(limiter::MemoryLimiter::new()),
+            model_limits: HashMap::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        });
+        control
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hashes_round_trip_and_reject_garbage() {
+        let h = hash_secret("x");
+        assert_eq!(decode_hash(&encode_hash(&h)), Some(h));
+        assert_eq!(decode_hash("zz"), None);
+        assert_eq!(decode_hash(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn the_index_finds_only_the_exact_hash() {
+        let index = KeyIndex::default();
+        index.replace([key("a", "sk-a-0123456789")]);
+        assert_eq!(index.lookup(&hash_secret("sk-a-0123456789")).unwrap().id, "a");
+        let mut near = hash_secret("sk-a-0123456789");
+        near[31] ^= 1;
+        assert!(index.lookup(&near).is_none());
+        assert!(index.lookup(&hash_secret("sk-a-012345678")).is_none());
+        // Keys without a valid stored hash are never indexed.
+        let mut broken = key("b", "sk-b");
+        broken.hash = "nope".to_owned();
+        index.upsert(broken);
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn keys_are_read_from_either_header_and_bearer_is_case_insensitive() {
+        let c = control(true);
+        for pairs in [
+            vec![("authorization", "Bearer sk-one-0123456789")],
+            vec![("authorization", "bearer   sk-one-0123456789 ")],
+            vec![("x-api-key", "sk-one-0123456789")],
+        ] {
+            let caller = c.authenticate(&headers(&pairs)).unwrap();
+            assert_eq!(caller.key_id(), Some("k1"), "{pairs:?}");
+        }
+        // Authorization wins over x-api-key: a wrong bearer is not rescued by a right x-api-key.
+        let both = headers(&[
+            ("authorization", "Bearer wrong"),
+            ("x-api-key", "sk-one-0123456789"),
+        ]);
+        assert!(c.authenticate(&both).is_err());
+        for pairs in [
+            vec![],
+            vec![("authorization", "Token sk-one-0123456789")],
+            vec![("x-api-key", " ")],
+        ] {
+            let err = c.authenticate(&headers(&pairs)).unwrap_err();
+            assert_eq!(err.status(), http::StatusCode::UNAUTHORIZED, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn open_mode_serves_unknown_keys_anonymously_but_still_checks_known_ones() {
+        let c = control(false);
+        assert!(matches!(
+            c.authenticate(&headers(&[("authorization", "Bearer unused")]))
+                .unwrap(),
+            Caller::Anonymous
+        ));
+        assert!(matches!(
+            c.authenticate(&headers(&[])).unwrap(),
+            Caller::Anonymous
+        ));
+        let caller = c
+            .authenticate(&headers(&[("x-api-key", "sk-one-0123456789")]))
+            .unwrap();
+        assert_eq!(caller.key_id(), Some("k1"));
+        assert!(c.permit(&caller, "m").is_ok());
+        assert_eq!(
+            c.permit(&caller, "other").unwrap_err().status(),
+            http::StatusCode::FORBIDDEN
+        );
+    }
+}
