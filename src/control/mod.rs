@@ -22,6 +22,7 @@ pub mod config;
 pub mod keys;
 pub mod limiter;
 pub mod metrics;
+pub mod redis;
 pub mod store;
 
 pub use admission::{
