@@ -15,6 +15,7 @@
 //! a hash `{spent, reserved}` of nano-USD expiring with the budget period; `lease:{id}` marks an
 //! admitted call not settled yet; `keys` and `keys:version` hold the key store. The backend needs a
 //! single Redis (or a primary with replicas), not Redis Cluster: one script touches keys of any slot.
+//! Redis must not evict them (`maxmemory-policy noeviction`): an evicted budget forgets its spend.
 //!
 //! **Leases.** A call holding a concurrency slot can last minutes (a stream). Its lease expires
 //! `lease_ttl` (30 s) after it was last renewed, and a task renews every held lease every
@@ -75,6 +76,8 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// three parameters. Returns four strings per check: refused (`0`/`1`), remaining, reset ms, retry
 /// after ms (`-1`: none).
 const ADMIT_LUA: &str = r"
+-- Before Redis 5, writing after TIME needs effects replication; later it is the default.
+if redis.replicate_commands then redis.replicate_commands() end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local EPSILON_MS = 1e-6
@@ -192,6 +195,8 @@ return out
 /// KEYS: one per item, then the lease marker. ARGV: lease id, rate margin ms, then four per item: kind
 /// (`t` tokens, `c` concurrency, `b` budget) and three parameters.
 const SETTLE_LUA: &str = r"
+-- Before Redis 5, writing after TIME needs effects replication; later it is the default.
+if redis.replicate_commands then redis.replicate_commands() end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local lease = ARGV[1]
@@ -244,6 +249,8 @@ return 1
 /// Renewal of held leases: KEYS are slot sets, ARGV the lease ttl ms then one lease per key. Leases
 /// that expired meanwhile are not brought back (`XX`): their slot may be someone else's now.
 const RENEW_LUA: &str = r"
+-- Before Redis 5, writing after TIME needs effects replication; later it is the default.
+if redis.replicate_commands then redis.replicate_commands() end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local expiry = string.format('%.17g', now + tonumber(ARGV[1]))
@@ -1591,7 +1598,7 @@ mod tests {
     #[tokio::test]
     async fn lost_settlement_is_retried_exactly_once() {
         let Some(server) = server().await else { return };
-        let limiter = limiter(&config(&server, Duration::from_millis(300)));
+        let limiter = limiter(&config(&server, Duration::from_millis(500)));
         let mut admin = admin(&server).await;
         let b = "k:a:budget:total";
         assert!(
@@ -1629,7 +1636,7 @@ mod tests {
     #[tokio::test]
     async fn lost_admission_is_compensated() {
         let Some(server) = server().await else { return };
-        let limiter = limiter(&config(&server, Duration::from_millis(300)));
+        let limiter = limiter(&config(&server, Duration::from_millis(500)));
         let mut admin = admin(&server).await;
         let b = "k:a:budget:total";
         let checks = [budget(b, 100, 40), slots("k:a:concurrency", 1)];
