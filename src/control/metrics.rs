@@ -68,42 +68,42 @@ impl ControlMetrics {
     /// Registers the families.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "sluice_ratelimit_rejections",
+            "ratelimit_rejections",
             "Calls refused by a rate, concurrency or budget limit",
             self.rejections.clone(),
         );
         registry.register(
-            "sluice_auth_failures",
+            "auth_failures",
             "Calls refused by authentication (401) or model permission (403)",
             self.auth_failures.clone(),
         );
         registry.register(
-            "sluice_budget_spend_usd",
+            "budget_spend_usd",
             "Spend of the current budget period, per key with a budget",
             self.budget_spend.clone(),
         );
         registry.register(
-            "sluice_budget_remaining_usd",
+            "budget_remaining_usd",
             "Budget left in the current period, per key with a budget",
             self.budget_remaining.clone(),
         );
         registry.register(
-            "sluice_budget_soft_limit_warnings",
+            "budget_soft_limit_warnings",
             "Times a key passed its budget's soft threshold (once per period and process)",
             self.budget_warnings.clone(),
         );
         registry.register(
-            "sluice_state_backend_errors",
+            "state_backend_errors",
             "Failed operations on the shared state backend (Redis)",
             self.backend_errors.clone(),
         );
         registry.register(
-            "sluice_state_backend_up",
+            "state_backend_up",
             "1 while the state backend answers, 0 while it is unreachable",
             self.backend_up.clone(),
         );
         registry.register(
-            "sluice_state_fallback_admissions",
+            "state_fallback_admissions",
             "Calls admitted on this process's own limits while the shared backend was unreachable",
             self.fallback_admissions.clone(),
         );

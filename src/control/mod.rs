@@ -22,6 +22,7 @@ pub mod config;
 pub mod keys;
 pub mod limiter;
 pub mod metrics;
+pub mod redis;
 pub mod sqlite;
 pub mod store;
 
@@ -187,6 +188,8 @@ pub struct ControlParts {
     pub model_limits: HashMap<String, keys::Limits>,
     /// Background work (settlement on a remote backend) is tracked here.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Metric families, shared with the limiter (fail-over counts).
+    pub metrics: metrics::ControlMetrics,
 }
 
 /// How a presented secret is carried.
@@ -224,13 +227,12 @@ impl Control {
             store: parts.store,
             limiter: parts.limiter,
             model_limits: parts.model_limits,
-            metrics: metrics::ControlMetrics::default(),
+            metrics: parts.metrics,
             tasks: parts.tasks,
             warned: Arc::default(),
             ledger: None,
         };
         control.index.replace(control.config_keys.iter().cloned());
-        control.metrics.backend_up.set(1);
         control
     }
 
@@ -329,6 +331,8 @@ pub async fn build(
     tasks: &tokio_util::task::TaskTracker,
     shutdown: &crate::shutdown::Shutdown,
 ) -> Result<Arc<Control>, String> {
+    let metrics = metrics::ControlMetrics::default();
+    metrics.backend_up.set(1);
     let model_limits = config
         .models
         .iter()
@@ -361,7 +365,26 @@ pub async fn build(
             (Arc::new(sqlite), limiter, Some(spend_ledger))
         }
         config::Backend::Redis => {
-            return Err("state.backend = \"redis\" is not available in this build".to_owned());
+            // Connects lazily: the gateway starts while Redis is down and fails over meanwhile.
+            let conn = redis::connection(&config.state).map_err(|e| e.to_string())?;
+            let primary = redis::RedisLimiter::new(
+                conn.clone(),
+                &config.state,
+                redis::LEASE_TTL,
+                tasks,
+                shutdown.signalled(),
+            );
+            let limiter = redis::Failover::new(
+                primary,
+                limiter::MemoryLimiter::new(),
+                config.state.on_redis_error,
+                metrics.clone(),
+            );
+            (
+                Arc::new(redis::RedisKeyStore::new(conn, &config.state)),
+                Arc::new(limiter),
+                None,
+            )
         }
     };
     let mut control = Control::new(ControlParts {
@@ -371,13 +394,18 @@ pub async fn build(
         limiter,
         model_limits,
         tasks: tasks.clone(),
+        metrics,
     });
     control.ledger = ledger;
     let control = Arc::new(control);
-    control
-        .reload()
-        .await
-        .map_err(|e| format!("cannot load API keys: {e}"))?;
+    match (control.reload().await, config.state.backend) {
+        (Ok(()), _) => {}
+        (Err(e), config::Backend::Memory) => return Err(format!("cannot load API keys: {e}")),
+        // Redis down at start: config keys work now, stored keys once the reload loop reaches it.
+        (Err(e), config::Backend::Redis) => {
+            tracing::warn!(error = %e, "Redis unreachable at start: only config keys until it answers");
+        }
+    }
     spawn_key_reload(&control, config.state.sync_interval, tasks, shutdown);
     Ok(control)
 }
@@ -484,15 +512,15 @@ mod tests {
     }
 
     fn control(required: bool) -> Control {
-        let control = Control::new(ControlParts {
+        Control::new(ControlParts {
             required,
             config_keys: vec![key("k1", "sk-one-0123456789")],
             store: Arc::new(store::MemoryKeyStore::default()),
             limiter: Arc::new(limiter::MemoryLimiter::new()),
             model_limits: HashMap::new(),
             tasks: tokio_util::task::TaskTracker::new(),
-        });
-        control
+            metrics: metrics::ControlMetrics::default(),
+        })
     }
 
     fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
@@ -519,7 +547,10 @@ mod tests {
     fn the_index_finds_only_the_exact_hash() {
         let index = KeyIndex::default();
         index.replace([key("a", "sk-a-0123456789")]);
-        assert_eq!(index.lookup(&hash_secret("sk-a-0123456789")).unwrap().id, "a");
+        assert_eq!(
+            index.lookup(&hash_secret("sk-a-0123456789")).unwrap().id,
+            "a"
+        );
         let mut near = hash_secret("sk-a-0123456789");
         near[31] ^= 1;
         assert!(index.lookup(&near).is_none());

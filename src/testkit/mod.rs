@@ -1,4 +1,6 @@
-//! Test support shared by integration tests and benchmarks: the mock LLM upstream and an OTLP receiver.
+//! Test support shared by integration tests and benchmarks: the mock LLM upstream, an OTLP receiver, and
+//! a private Redis server.
 
 pub mod otlp;
+pub mod redis;
 pub mod upstream;

@@ -292,11 +292,10 @@ async fn revoked_and_expired_keys_are_refused_and_every_failure_is_counted() {
         "expired",
         "model_not_allowed",
     ] {
+        let sample = format!("sluice_auth_failures_total{{reason=\"{reason}\"}} ");
         assert!(
-            metrics.contains(&format!(
-                "sluice_auth_failures_total{{reason=\"{reason}\"}}"
-            )),
-            "{reason} not counted"
+            metrics.lines().any(|l| l.starts_with(&sample)),
+            "{reason} not counted:\n{metrics}"
         );
     }
 }
@@ -564,15 +563,24 @@ async fn a_budget_refuses_the_call_that_would_pass_it() {
         .text()
         .await
         .unwrap();
+    let has = |line: String| metrics.lines().any(|l| l == line);
     assert!(
-        metrics.contains(&format!("sluice_budget_spend_usd{{key=\"{id}\"}} 0.048")),
+        has(format!("sluice_budget_spend_usd{{key=\"{id}\"}} 0.048")),
         "{metrics}"
     );
-    assert!(metrics.contains(&format!(
-        "sluice_budget_soft_limit_warnings_total{{key=\"{id}\"}} 1"
-    )));
     assert!(
-        metrics.contains("sluice_ratelimit_rejections_total{scope=\"key\",limit=\"budget\"} 1")
+        has(format!("sluice_budget_remaining_usd{{key=\"{id}\"}} 0.002")),
+        "{metrics}"
+    );
+    assert!(
+        has(format!(
+            "sluice_budget_soft_limit_warnings_total{{key=\"{id}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        has("sluice_ratelimit_rejections_total{scope=\"key\",limit=\"budget\"} 1".to_owned()),
+        "{metrics}"
     );
 }
 

@@ -142,3 +142,181 @@ async fn with_the_memory_backend_each_replica_counts_alone() {
     // Each replica admits at least 3 calls of 0.013 reserved (0.039 <= 0.05): 0.108 USD spent in all.
     assert!(budget * 12 > 50, "budget: {budget} calls");
 }
+
+/// A private Redis for one test, or `None` (skip) when `redis-server` is not installed outside CI.
+async fn redis() -> Option<sluice::testkit::redis::RedisServer> {
+    sluice::testkit::redis::RedisServer::start_or_skip()
+        .await
+        .unwrap()
+}
+
+fn redis_state(redis: &sluice::testkit::redis::RedisServer, policy: &str) -> String {
+    format!(
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\non_redis_error = \"{policy}\"\n\
+         [admin]\napi_key_env = \"SLUICE_TEST_UPSTREAM_KEY\"\n",
+        redis.url()
+    )
+}
+
+#[tokio::test]
+async fn with_redis_no_limit_is_passed_across_replicas() {
+    let Some(redis) = redis().await else { return };
+    let replicas = start_replicas(&config(&redis_state(&redis, "fail-open")), &[]).await;
+    let (rpm, tpm, budget) = run_bursts(&replicas.addrs).await;
+    assert_eq!(rpm, 6, "rpm across replicas");
+    // Each admitted call reserved 28 tokens and used 12: the admitted tokens never pass 100 (plus the
+    // 1 or 2 tokens refilled during the test).
+    assert!((3..=8).contains(&tpm), "tpm: {tpm} calls admitted");
+    assert!(tpm * 12 <= 102, "tpm: {tpm} calls = {} tokens", tpm * 12);
+    // 0.012 USD per call, 0.013 reserved: never more than 0.05 spent.
+    assert!((3..=4).contains(&budget), "budget: {budget} calls admitted");
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes; a condition that is eventually
+/// true across processes (key reload), not a synchronisation sleep.
+async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn status(client: &reqwest::Client, addr: &str, key: &str) -> u16 {
+    client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn metric(client: &reqwest::Client, addr: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_key_created_or_revoked_on_one_replica_reaches_the_others() {
+    let Some(redis) = redis().await else { return };
+    let replicas = start_replicas(&config(&redis_state(&redis, "fail-open")), &[]).await;
+    let (a, b) = (&replicas.addrs[0], &replicas.addrs[1]);
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("http://{a}/admin/keys"))
+        .bearer_auth(crate::common::UPSTREAM_KEY)
+        .json(&json!({"name": "shared"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(status(&client, a, &secret).await, 200);
+    let second = std::time::Duration::from_secs(3);
+    assert!(
+        eventually(second, || async {
+            status(&client, b, &secret).await == 200
+        })
+        .await,
+        "the new key never reached the other replica"
+    );
+    client
+        .delete(format!("http://{a}/admin/keys/{id}"))
+        .bearer_auth(crate::common::UPSTREAM_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(&client, a, &secret).await, 401);
+    assert!(
+        eventually(second, || async {
+            status(&client, b, &secret).await == 401
+        })
+        .await,
+        "the revocation never reached the other replica"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_fail_open_serves_on_local_limits_and_recovers() {
+    let Some(mut redis) = redis().await else {
+        return;
+    };
+    let replicas = start_replicas(&config(&redis_state(&redis, "fail-open")), &[]).await;
+    let addr = &replicas.addrs[0];
+    let client = reqwest::Client::new();
+    assert_eq!(status(&client, addr, RPM_KEY).await, 200);
+    redis.stop();
+    // Served on this replica's own limits (rpm 6, one used in Redis, none locally yet).
+    for _ in 0..3 {
+        assert_eq!(status(&client, addr, RPM_KEY).await, 200);
+    }
+    assert!(
+        metric(&client, addr, "sluice_state_backend_up").await < 0.5,
+        "backend_up should be 0"
+    );
+    let fallback = metric(&client, addr, "sluice_state_fallback_admissions_total").await;
+    assert!(fallback >= 3.0, "fallback admissions: {fallback}");
+    redis.restart().await.unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            status(&client, addr, TPM_KEY).await == 200
+                && metric(&client, addr, "sluice_state_backend_up").await > 0.5
+        })
+        .await,
+        "never went back to Redis"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_fail_closed_refuses_limited_calls_until_it_is_back() {
+    let Some(mut redis) = redis().await else {
+        return;
+    };
+    let replicas = start_replicas(&config(&redis_state(&redis, "fail-closed")), &[]).await;
+    let addr = &replicas.addrs[0];
+    let client = reqwest::Client::new();
+    assert_eq!(status(&client, addr, RPM_KEY).await, 200);
+    redis.stop();
+    let resp = client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth(RPM_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "state_unavailable", "{err}");
+    redis.restart().await.unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            status(&client, addr, RPM_KEY).await == 200
+        })
+        .await,
+        "never went back to Redis"
+    );
+}
