@@ -11,6 +11,7 @@ pub mod middleware;
 pub mod protocol;
 pub mod provider;
 pub mod request_log;
+pub mod sessions;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;

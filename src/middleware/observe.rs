@@ -187,7 +187,13 @@ impl http_body::Body for ObservedBody {
         {
             *this.done = true;
             this.state.obs.metrics.inflight.dec();
-            this.call.finish_or_defer(*this.status, true, this.state);
+            // The end of a chunked body (a stream) is written after this returns: finishing the call
+            // (metrics, logs, request log, settling limits) in a task of its own keeps that work off the
+            // time the client waits for its last byte.
+            let (call, state, status) = (Arc::clone(this.call), this.state.clone(), *this.status);
+            this.state.tasks.spawn(async move {
+                call.finish_or_defer(status, true, &state);
+            });
         }
         polled
     }
