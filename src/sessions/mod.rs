@@ -3,3 +3,6 @@
 
 pub mod model;
 pub mod store;
+pub mod sqlite;
+#[cfg(test)]
+mod conformance;
