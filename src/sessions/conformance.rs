@@ -524,8 +524,16 @@ pub(crate) async fn expired_sessions_are_invisible_and_purged(backend: &impl Bac
     assert_eq!(store.get("sess_hour", t).await.unwrap(), None);
     assert_eq!(store.active(t).await.unwrap(), 1);
     assert_eq!(store.count("alice", t).await.unwrap(), 1);
-    assert!(!store.delete("sess_hour").await.unwrap());
     assert!(store.get("sess_forever", later).await.unwrap().is_some());
+    // Nothing of it is left over for a session of the same id.
+    let reborn = session("sess_hour", "alice", later);
+    store.create(&reborn).await.unwrap();
+    assert_eq!(store.get("sess_hour", later).await.unwrap(), Some(reborn));
+    store
+        .append("sess_hour", &turn(0, None), later)
+        .await
+        .unwrap();
+    assert!(!store.delete("sess_past").await.unwrap());
 }
 
 pub(crate) async fn append_moves_the_expiry_by_the_ttl(backend: &impl Backend) {
