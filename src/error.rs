@@ -101,6 +101,12 @@ pub enum GatewayError {
         /// Which phase: connect, first byte, idle, total.
         phase: &'static str,
     },
+    /// Another turn of the session is in progress (409 `session_busy`).
+    #[error("{0}")]
+    SessionBusy(String),
+    /// The conversation does not fit the model's context window (400 `context_length_exceeded`).
+    #[error("{0}")]
+    ContextTooLong(String),
     /// The caller's budget is spent (429, OpenAI's `insufficient_quota`).
     #[error("{0}")]
     QuotaExceeded(String),
@@ -128,7 +134,10 @@ impl GatewayError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } | Self::Unsupported(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest { .. } | Self::Unsupported(_) | Self::ContextTooLong(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::SessionBusy(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ModelNotFound(_) | Self::RouteNotFound { .. } | Self::NotFound(_) => {
@@ -165,6 +174,8 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
             Self::QuotaExceeded(_) => "quota_exceeded",
+            Self::SessionBusy(_) => "session_busy",
+            Self::ContextTooLong(_) => "context_length_exceeded",
             Self::StateUnavailable(_) => "state_unavailable",
             Self::Internal(_) => "internal",
         }
@@ -219,6 +230,8 @@ impl GatewayError {
             Self::ShuttingDown => "server_shutting_down",
             Self::QuotaExceeded(_) => "insufficient_quota",
             Self::StateUnavailable(_) => "state_unavailable",
+            Self::SessionBusy(_) => "session_busy",
+            Self::ContextTooLong(_) => "context_length_exceeded",
             Self::Internal(_) => "internal_error",
         };
         Some(code.to_owned())

@@ -36,6 +36,8 @@ pub struct Inner {
     pub metrics_on_main_listener: bool,
     /// Virtual keys, limits and budgets.
     pub control: Arc<Control>,
+    /// Conversation sessions, when enabled.
+    pub sessions: Option<Arc<crate::sessions::service::Sessions>>,
 }
 
 impl AppState {
@@ -57,6 +59,12 @@ impl AppState {
             config.telemetry.otel.clone(),
         );
         control.metrics.register(obs.metrics.registry_mut());
+        let sessions = crate::sessions::build(config, &tasks, &shutdown)
+            .await
+            .map_err(crate::InitError::State)?;
+        if let Some(sessions) = &sessions {
+            sessions.metrics.register(obs.metrics.registry_mut());
+        }
         Ok(Self(Arc::new(Inner {
             providers: Providers::from_config(config, &tasks)?,
             obs,
@@ -70,6 +78,7 @@ impl AppState {
                 .map(|k| crate::middleware::admin::hash(k.expose_secret())),
             metrics_on_main_listener: metrics.enabled && metrics.listen.is_none(),
             control,
+            sessions,
         })))
     }
 }

@@ -7,11 +7,13 @@ use futures_util::stream::StreamExt;
 
 use super::admit::admit;
 use super::extract::OpenAiJson;
+use super::sessions;
 use super::sse;
 use crate::control::Estimate;
 use crate::error::GatewayError;
 use crate::protocol::openai::ChatRequest;
 use crate::provider::CallContext;
+use crate::sessions::service::{price_of, record_stream};
 use crate::state::AppState;
 use crate::telemetry::call::count_prompt;
 use crate::telemetry::call::{Operation, RequestParams};
@@ -21,7 +23,7 @@ use crate::telemetry::call::{Operation, RequestParams};
 pub async fn create_chat_completion(
     State(state): State<AppState>,
     ctx: CallContext,
-    OpenAiJson(req): OpenAiJson<ChatRequest>,
+    OpenAiJson(mut req): OpenAiJson<ChatRequest>,
 ) -> Result<Response, GatewayError> {
     if req.messages.is_empty() {
         return Err(GatewayError::invalid(
@@ -29,6 +31,9 @@ pub async fn create_chat_completion(
             Some("messages"),
         ));
     }
+    // A session turn: the history goes in front of the new messages (before admission, so token
+    // limits count it).
+    let turn = sessions::join(&state, &ctx, &mut req).await?;
     let params = RequestParams {
         temperature: req.temperature,
         top_p: req.top_p,
@@ -42,11 +47,22 @@ pub async fn create_chat_completion(
     })
     .await?;
     if !req.is_stream() {
-        return Ok(Json(route.chat(req, ctx).await?).into_response());
+        let reply = route.chat(req, ctx).await?;
+        if let Some(turn) = turn {
+            let usage = reply.usage;
+            let cost = price_of(route.price.as_ref(), usage.as_ref());
+            let output = reply.choices.first().map(|c| c.message.clone());
+            turn.complete(output, usage, cost, false).await;
+        }
+        return Ok(Json(reply).into_response());
     }
     let wants_usage = req.wants_usage();
     ctx.call.keep_prompt(&req.messages);
     let stream = route.chat_stream(req, ctx).await?;
+    let stream = match turn {
+        Some(turn) => record_stream(turn, stream, route.price),
+        None => stream,
+    };
     // Sluice always asks upstream for usage; the extra chunk goes to the client only if it asked.
     let stream = stream.filter(move |item| {
         let keep = wants_usage || !matches!(item, Ok(chunk) if chunk.is_usage_only());

@@ -100,6 +100,11 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
             request_id: parts.headers.get("x-request-id").cloned(),
             call,
             caller: crate::middleware::auth::caller_of(&parts.extensions),
+            session_id: parts
+                .headers
+                .get(super::sessions::SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         })
     }
 }

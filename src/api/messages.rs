@@ -9,12 +9,14 @@ use futures_util::stream::StreamExt;
 
 use super::admit::admit;
 use super::extract::OpenAiJson;
+use super::sessions;
 use super::sse;
 use crate::control::Estimate;
 use crate::error::GatewayError;
 use crate::protocol::anthropic::MessagesRequest;
 use crate::protocol::translate::{self, ChatToMessagesStream};
 use crate::provider::CallContext;
+use crate::sessions::service::{price_of, record_stream};
 use crate::state::AppState;
 use crate::telemetry::call::count_prompt;
 use crate::telemetry::call::{Operation, RequestParams};
@@ -24,7 +26,7 @@ use crate::telemetry::call::{Operation, RequestParams};
 pub async fn create_message(
     State(state): State<AppState>,
     ctx: CallContext,
-    OpenAiJson(req): OpenAiJson<MessagesRequest>,
+    OpenAiJson(mut req): OpenAiJson<MessagesRequest>,
 ) -> Result<Response, GatewayError> {
     if req.messages.is_empty() {
         return Err(GatewayError::invalid(
@@ -38,8 +40,14 @@ pub async fn create_message(
         top_p: req.top_p,
         max_tokens: Some(req.max_tokens),
     };
-    ctx.call.begin(Operation::Chat, &req.model, stream, params);
-    let chat = translate::messages_to_chat_request(req)?;
+    let body_session = req.extra.remove("session_id");
+    let mut chat = translate::messages_to_chat_request(req)?;
+    if let Some(id) = body_session {
+        chat.extra.insert("session_id".to_owned(), id);
+    }
+    // A session turn, as on /v1/chat/completions: stored in OpenAI's message shape.
+    let turn = sessions::join(&state, &ctx, &mut chat).await?;
+    ctx.call.begin(Operation::Chat, &chat.model, stream, params);
     let route = admit(&state, &ctx, &chat.model, || Estimate {
         input_tokens: count_prompt(&chat.model, &chat.messages),
         max_output_tokens: chat.output_limit().map(u64::from),
@@ -47,11 +55,20 @@ pub async fn create_message(
     .await?;
     if !stream {
         let reply = route.chat(chat, ctx).await?;
+        if let Some(turn) = turn {
+            let usage = reply.usage;
+            let cost = price_of(route.price.as_ref(), usage.as_ref());
+            let output = reply.choices.first().map(|c| c.message.clone());
+            turn.complete(output, usage, cost, false).await;
+        }
         return Ok(Json(translate::chat_to_messages_response(reply)).into_response());
     }
     let model = route.model.clone();
     ctx.call.keep_prompt(&chat.messages);
     let mut chunks = route.chat_stream(chat, ctx).await?;
+    if let Some(turn) = turn {
+        chunks = record_stream(turn, chunks, route.price);
+    }
     let events = async_stream::stream! {
         let mut state = ChatToMessagesStream::new(&model);
         while let Some(item) = chunks.next().await {

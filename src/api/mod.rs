@@ -11,6 +11,7 @@ pub mod keys;
 pub mod messages;
 pub mod metrics;
 pub mod models;
+pub mod sessions;
 pub mod sse;
 
 use axum::Router;
@@ -30,6 +31,16 @@ pub fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/v1/embeddings", post(embeddings::create_embeddings))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::get_model))
+        .route(
+            "/v1/sessions",
+            post(sessions::create_session).get(sessions::list_sessions),
+        )
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get_session)
+                .patch(sessions::update_session)
+                .delete(sessions::delete_session),
+        )
         .route_layer(auth())
         .merge(
             Router::new()

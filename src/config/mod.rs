@@ -93,6 +93,9 @@ pub struct RawConfig {
     /// Where limits, spend and keys live.
     #[serde(default)]
     pub state: StateConfig,
+    /// Conversation sessions.
+    #[serde(default)]
+    pub sessions: crate::sessions::config::SessionsConfig,
 }
 
 /// `[admin]`: the admin API is denied unless a key is configured.
@@ -126,6 +129,8 @@ pub struct Config {
     pub config_keys: Vec<crate::control::keys::VirtualKey>,
     /// `[state]`.
     pub state: StateConfig,
+    /// `[sessions]`.
+    pub sessions: crate::sessions::config::SessionsConfig,
     /// Where the configuration came from, for messages.
     pub origin: String,
 }
@@ -251,7 +256,11 @@ impl RawConfig {
                 "state.redis_timeout must be greater than 0".to_owned(),
             ));
         }
+        self.sessions
+            .validate()
+            .map_err(|e| invalid(format!("sessions: {e}")))?;
         Ok(Config {
+            sessions: self.sessions,
             config_keys,
             auth: self.auth,
             state: self.state,

@@ -191,6 +191,10 @@ pub struct ModelConfig {
     /// `max_concurrent`.
     #[serde(default)]
     pub limits: crate::control::keys::Limits,
+    /// Context window in tokens, for fitting session history (default: the built-in table, then
+    /// `sessions.default_context_tokens`).
+    #[serde(default)]
+    pub context_window: Option<u64>,
 }
 
 /// Per-phase timeouts of an upstream call.

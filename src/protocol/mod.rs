@@ -2,5 +2,6 @@
 //! the canonical OpenAI types, Anthropic's Messages types, and pure translations between them.
 
 pub mod anthropic;
+pub mod assemble;
 pub mod openai;
 pub mod translate;

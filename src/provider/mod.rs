@@ -52,6 +52,8 @@ pub struct CallContext {
     pub call: Arc<Call>,
     /// Who is calling (set by the auth layer).
     pub caller: crate::control::Caller,
+    /// The session named by `x-sluice-session-id`, if any.
+    pub session_id: Option<String>,
 }
 
 impl Default for CallContext {
@@ -60,6 +62,7 @@ impl Default for CallContext {
             request_id: None,
             call: Call::detached(),
             caller: crate::control::Caller::Anonymous,
+            session_id: None,
         }
     }
 }

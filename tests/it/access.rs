@@ -319,6 +319,19 @@ async fn config_keys_work_and_are_read_only() {
     )
     .await;
     assert_eq!(resp.status(), 200);
+    // The key sees only its models.
+    let models: Value = app
+        .client
+        .get(app.url("/v1/models"))
+        .bearer_auth("sk-from-the-config-file")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
+    assert_eq!(models["data"][0]["id"], "mock-gpt");
     let resp = app
         .client
         .delete(app.url("/admin/keys/cfg_app1"))

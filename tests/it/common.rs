@@ -56,6 +56,7 @@ impl TestApp {
     pub async fn start_config(mut config: Config, dir: tempfile::TempDir) -> Self {
         config.request_log.path = dir.path().join("requests.db");
         config.state.path = dir.path().join("state.db");
+        config.sessions.path = dir.path().join("sessions.db");
         let (request_log, writer) = if config.request_log.enabled {
             let (log, writer) = RequestLog::open(&config.request_log).unwrap();
             (Some(log), Some(writer))
@@ -257,6 +258,7 @@ pub async fn spawn_sluice(
         .env("SLUICE_LOG__FORMAT", "json")
         .env("SLUICE_REQUEST_LOG__PATH", dir.join("requests.db"))
         .env("SLUICE_STATE__PATH", dir.join("state.db"))
+        .env("SLUICE_SESSIONS__PATH", dir.join("sessions.db"))
         .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())

@@ -20,5 +20,6 @@ mod load;
 mod observability;
 mod replicas;
 mod sdk;
+mod sessions;
 mod shutdown;
 mod snapshots;

@@ -89,3 +89,21 @@ async fn the_anthropic_sdk_works_unchanged() {
     assert_eq!(out["stream_output_tokens"], 16);
     assert_eq!(out["not_found"], 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_holds_a_session_with_an_extra_header() {
+    if python().is_none() {
+        return;
+    }
+    let app = TestApp::start(&sdk_config()).await;
+    let out = run_script("openai_sessions.py", &app).await;
+    assert_eq!(
+        out["turns"],
+        serde_json::json!([
+            {"input": "My name is Ada.", "output": out["first"], "cut": false},
+            {"input": "What is my name?", "output": out["second"], "cut": false},
+        ]),
+        "{out}"
+    );
+    assert!(!out["second"].as_str().unwrap().is_empty());
+}
