@@ -2,13 +2,21 @@
 header, the SDK is otherwise unchanged. Prints one JSON object."""
 import json
 import sys
+import urllib.request
 
-import httpx
 import openai
+
+
+def call(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req) as resp:
+        return json.loads(resp.read())
+
 
 base_url = sys.argv[1]
 client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-unused", max_retries=0)
-session = httpx.post(f"{base_url}/v1/sessions", json={"model": "mock-gpt", "system": "Be brief."}).json()
+session = call("POST", f"{base_url}/v1/sessions", {"model": "mock-gpt", "system": "Be brief."})
 headers = {"x-sluice-session-id": session["id"]}
 out = {"session": session["id"]}
 
@@ -25,7 +33,7 @@ stream = client.chat.completions.create(
 )
 out["second"] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
-stored = httpx.get(f"{base_url}/v1/sessions/{session['id']}").json()
+stored = call("GET", f"{base_url}/v1/sessions/{session['id']}")
 out["turns"] = [
     {"input": t["input"][0]["content"], "output": t["output"]["content"], "cut": t["cut"]}
     for t in stored["turns"]
