@@ -320,3 +320,63 @@ async fn redis_down_fail_closed_refuses_limited_calls_until_it_is_back() {
         "never went back to Redis"
     );
 }
+
+#[tokio::test]
+async fn a_session_continues_on_another_replica_through_redis() {
+    let Some(redis) = redis().await else { return };
+    let replicas = start_replicas(&config(&redis_state(&redis, "fail-open")), &[]).await;
+    let client = reqwest::Client::new();
+    let (a, b) = (&replicas.addrs[0], &replicas.addrs[1]);
+    let session: Value = client
+        .post(format!("http://{a}/v1/sessions"))
+        .bearer_auth(RPM_KEY)
+        .json(&json!({"model": "mock-gpt", "system": "Be brief."}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = session["id"].as_str().unwrap();
+    // Turns alternate between replicas; each sees the whole history.
+    for (i, addr) in [a, b, a].into_iter().enumerate() {
+        let resp = client
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .bearer_auth(RPM_KEY)
+            .header("x-sluice-session-id", id)
+            .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": format!("turn {i}")}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "turn {i} on {addr}");
+    }
+    let stored: Value = client
+        .get(format!("http://{b}/v1/sessions/{id}"))
+        .bearer_auth(RPM_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let turns = stored["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 3, "{stored}");
+    for (i, turn) in turns.iter().enumerate() {
+        assert_eq!(turn["input"][0]["content"], format!("turn {i}"));
+    }
+    // The third turn (on replica a) was sent the two earlier turns, one of them stored by replica b.
+    assert_eq!(turns[2]["sent"]["first_turn"], 0);
+    assert_eq!(turns[2]["sent"]["dropped_turns"], 0);
+    assert!(
+        turns[2]["sent"]["input_tokens"].as_u64().unwrap()
+            > turns[0]["sent"]["input_tokens"].as_u64().unwrap()
+    );
+    // Another key still cannot see it from any replica.
+    let other = client
+        .get(format!("http://{a}/v1/sessions/{id}"))
+        .bearer_auth(TPM_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+}

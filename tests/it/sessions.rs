@@ -158,6 +158,22 @@ async fn a_conversation_over_stream_and_non_stream_turns() {
     assert_eq!(session["totals"]["turns"], 3);
     assert_eq!(session["totals"]["messages"], 6);
     assert_eq!(session["metadata"]["user"], "ada");
+    let metrics = metrics(&app).await;
+    assert!(
+        metrics.lines().any(|l| l == "sluice_session_turns_total 3"),
+        "{metrics}"
+    );
+}
+
+async fn metrics(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -268,6 +284,19 @@ async fn old_turns_are_dropped_to_fit_the_context_window() {
     assert_eq!(
         sent_window["first_turn"].as_u64().unwrap(),
         sent_window["dropped_turns"].as_u64().unwrap()
+    );
+    let metrics = metrics(&app).await;
+    let truncated: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sluice_session_truncated_turns_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    assert!(
+        truncated >= sent_window["dropped_turns"].as_u64().unwrap(),
+        "{metrics}"
     );
     // All 8 turns are still stored: truncation only changes what is sent.
     assert_eq!(session["turns"].as_array().unwrap().len(), 8);
