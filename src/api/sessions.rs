@@ -140,14 +140,28 @@ pub async fn join(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let guard = sessions(state)?
-        .begin(&owner_of(&ctx.caller), &id, req, &request_id, |model| {
-            state
-                .providers
-                .route(model)
-                .ok()
-                .map(|r| r.upstream_model.to_string())
-        })
+    let sessions = sessions(state)?;
+    let summarizer = sessions
+        .config()
+        .summarize_with
+        .as_deref()
+        .and_then(|m| state.providers.route(m).ok());
+    let upstream_model = |model: &str| {
+        state
+            .providers
+            .route(model)
+            .ok()
+            .map(|r| r.upstream_model.to_string())
+    };
+    let guard = sessions
+        .begin(
+            &owner_of(&ctx.caller),
+            &id,
+            req,
+            &request_id,
+            upstream_model,
+            summarizer,
+        )
         .await?;
     Ok(Some(guard))
 }

@@ -259,6 +259,16 @@ impl RawConfig {
         self.sessions
             .validate()
             .map_err(|e| invalid(format!("sessions: {e}")))?;
+        if let Some(model) = self
+            .sessions
+            .summarize_with
+            .as_ref()
+            .filter(|m| !self.models.contains_key(*m))
+        {
+            return Err(invalid(format!(
+                "sessions.summarize_with: unknown model `{model}`"
+            )));
+        }
         Ok(Config {
             sessions: self.sessions,
             config_keys,

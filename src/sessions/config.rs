@@ -30,9 +30,12 @@ pub struct SessionsConfig {
     pub default_context_tokens: u64,
     /// Tokens kept free for the reply when the request sets no `max_tokens`.
     pub reserve_output_tokens: u64,
-    /// Model that summarises the turns that no longer fit (one message replaces them); unset: the
-    /// oldest turns are dropped.
+    /// Model (a configured public name) that summarises the turns that no longer fit: one system message
+    /// replaces them. Unset: the oldest turns are simply left out. Costs one extra call per turn once a
+    /// conversation outgrows the window.
     pub summarize_with: Option<String>,
+    /// Longest summary, in tokens (kept free in the window when `summarize_with` is set).
+    pub summary_max_tokens: u64,
     /// Keep a turn whose client left mid-stream (marked `cut`, with what was generated); `false` drops it.
     pub keep_cut_turns: bool,
     /// Longest a turn may hold the session (a crashed replica's hold expires after it).
@@ -54,6 +57,7 @@ impl Default for SessionsConfig {
             default_context_tokens: 8192,
             reserve_output_tokens: 1024,
             summarize_with: None,
+            summary_max_tokens: 300,
             keep_cut_turns: true,
             turn_lease: Duration::from_mins(15),
         }

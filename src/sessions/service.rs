@@ -309,6 +309,59 @@ impl Sessions {
             .unwrap_or(self.config.default_context_tokens)
     }
 
+    /// Replaces the turns `fitted` left out by a summary from `route`'s model; on failure the turn goes
+    /// on without it rather than failing.
+    async fn with_summary_of_dropped(
+        &self,
+        id: &str,
+        route: &crate::provider::Route,
+        session: &Session,
+        fitted: window::Fitted,
+    ) -> window::Fitted {
+        let from = usize::try_from(fitted.dropped.start).unwrap_or(usize::MAX);
+        let to = usize::try_from(fitted.dropped.end).unwrap_or(usize::MAX);
+        let dropped = session.turns.get(from..to).unwrap_or_default();
+        match self.summarize(route, dropped).await {
+            Ok(text) => {
+                let note = format!("Summary of the earlier conversation: {text}");
+                window::with_summary(fitted, ChatMessage::text("system", note))
+            }
+            Err(e) => {
+                tracing::warn!(session_id = %id, error = %e, "could not summarise old turns");
+                fitted
+            }
+        }
+    }
+
+    /// Asks `route`'s model for a short summary of `dropped` turns (temperature 0).
+    async fn summarize(
+        &self,
+        route: &crate::provider::Route,
+        dropped: &[Turn],
+    ) -> Result<String, GatewayError> {
+        let request = ChatRequest {
+            model: route.model.to_string(),
+            messages: window::summary_prompt(dropped),
+            max_tokens: Some(u32::try_from(self.config.summary_max_tokens).unwrap_or(u32::MAX)),
+            temperature: Some(0.0),
+            ..ChatRequest::default()
+        };
+        let reply = route
+            .chat(request, crate::provider::CallContext::default())
+            .await?;
+        let text = reply
+            .choices
+            .first()
+            .map(|c| c.message.text_content())
+            .unwrap_or_default();
+        if text.trim().is_empty() {
+            return Err(GatewayError::Internal(
+                "the summary came back empty".to_owned(),
+            ));
+        }
+        Ok(text)
+    }
+
     /// Joins the call `req` to session `id`: prepends the fitted history, takes the turn lock.
     pub async fn begin(
         self: &Arc<Self>,
@@ -317,6 +370,7 @@ impl Sessions {
         req: &mut ChatRequest,
         request_id: &str,
         upstream_model: impl Fn(&str) -> Option<String>,
+        summarizer: Option<&crate::provider::Route>,
     ) -> Result<TurnGuard, GatewayError> {
         let session = self.get(owner, id).await?;
         if req.model.is_empty() {
@@ -380,16 +434,20 @@ impl Sessions {
             .as_deref()
             .map(|s| ChatMessage::text("system", s));
         let upstream = upstream_model(&req.model).unwrap_or_else(|| req.model.clone());
+        // With summaries on, room for one stays free (the summary is written after fitting).
+        let summary_room = summarizer.map_or(0, |_| self.config.summary_max_tokens + 16);
         let limit = WindowLimit {
-            context_tokens: self.context_tokens(&req.model, &upstream),
+            context_tokens: self
+                .context_tokens(&req.model, &upstream)
+                .saturating_sub(summary_room),
             reserve_output: req
                 .output_limit()
                 .map_or(self.config.reserve_output_tokens, u64::from),
         };
         let count =
             |messages: &[ChatMessage]| crate::usage::tokens::count_messages(&upstream, messages);
-        let fitted =
-            window::fit(system.as_ref(), &session.turns, &input, limit, &count).map_err(|e| {
+        let mut fitted = window::fit(system.as_ref(), &session.turns, &input, limit, &count)
+            .map_err(|e| {
                 GatewayError::ContextTooLong(format!(
                     "{e}: shorten the message or start a new session"
                 ))
@@ -397,6 +455,13 @@ impl Sessions {
         self.metrics
             .truncated_turns
             .inc_by(fitted.sent.dropped_turns);
+        if let Some(route) = summarizer
+            && !fitted.dropped.is_empty()
+        {
+            fitted = self
+                .with_summary_of_dropped(id, route, &session, fitted)
+                .await;
+        }
         req.messages = fitted.messages;
         guard.sent = fitted.sent;
         guard.input = input;

@@ -507,3 +507,49 @@ async fn sessions_survive_a_restart_and_expire() {
     }
     let _ = UPSTREAM_KEY;
 }
+
+#[tokio::test]
+async fn turns_that_no_longer_fit_are_summarised_when_configured() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let app = start(
+        &upstream,
+        "[models.small]\nprovider = \"up\"\ncontext_window = 300\n\
+         [sessions]\nsummarize_with = \"gpt\"\nsummary_max_tokens = 50\n",
+    )
+    .await;
+    let id = create(
+        &app,
+        KEY_A,
+        json!({"model": "small", "system": "You are terse."}),
+    )
+    .await;
+    for i in 0..12 {
+        let body = json!({"model": "small", "max_tokens": 20, "messages": [{"role": "user", "content": format!("message number {i} with a few more words in it")}]});
+        assert_eq!(
+            chat(&app, KEY_A, &id, &body).await.status(),
+            200,
+            "turn {i}"
+        );
+    }
+    let requests = upstream.requests();
+    let summaries: Vec<_> = requests
+        .iter()
+        .filter(|r| r.body["model"] == "gpt-upstream")
+        .collect();
+    assert!(!summaries.is_empty(), "no summary was asked for");
+    assert_eq!(summaries[0].body["temperature"], 0.0);
+    let transcript = summaries[0].body["messages"].to_string();
+    assert!(transcript.contains("message number 0"), "{transcript}");
+    let last = &requests.last().unwrap().body["messages"];
+    assert_eq!(last[0]["content"], "You are terse.", "{last}");
+    assert_eq!(last[1]["role"], "system", "{last}");
+    assert_eq!(
+        last[1]["content"],
+        format!("Summary of the earlier conversation: {REPLY}"),
+        "{last}"
+    );
+    let (_, session) = get(&app, KEY_A, &id).await;
+    let sent_window = &session["turns"][11]["sent"];
+    assert_eq!(sent_window["summarized"], true, "{sent_window}");
+    assert!(sent_window["dropped_turns"].as_u64().unwrap() > 0);
+}
