@@ -372,6 +372,32 @@ impl Sessions {
         upstream_model: impl Fn(&str) -> Option<String>,
         summarizer: Option<&crate::provider::Route>,
     ) -> Result<TurnGuard, GatewayError> {
+        // Lock first, then read: a turn that ended between a read and the lock would otherwise be
+        // missing from this turn's history, and its index would collide. On any error below, the guard
+        // is dropped and releases the lock. (A non-owner may see 409 instead of 404 while the session is
+        // busy; it learns nothing it could use without the owner's key.)
+        let lease = u64::try_from(self.config.turn_lease.as_millis()).unwrap_or(u64::MAX);
+        let token = self
+            .store
+            .lock(id, lease)
+            .await
+            .map_err(|e| store_error(&e))?
+            .ok_or_else(|| {
+                self.metrics.busy.inc();
+                GatewayError::SessionBusy(format!(
+                    "another turn of session `{id}` is in progress; retry when it has finished"
+                ))
+            })?;
+        let mut guard = TurnGuard {
+            sessions: Arc::clone(self),
+            session_id: id.to_owned(),
+            token: Some(token),
+            index: 0,
+            input: Vec::new(),
+            model: String::new(),
+            request_id: request_id.to_owned(),
+            sent: SentWindow::default(),
+        };
         let session = self.get(owner, id).await?;
         if req.model.is_empty() {
             req.model = session.model.clone().ok_or_else(|| {
@@ -407,28 +433,8 @@ impl Sessions {
                 None,
             ));
         }
-        let lease = u64::try_from(self.config.turn_lease.as_millis()).unwrap_or(u64::MAX);
-        let token = self
-            .store
-            .lock(id, lease)
-            .await
-            .map_err(|e| store_error(&e))?
-            .ok_or_else(|| {
-                self.metrics.busy.inc();
-                GatewayError::SessionBusy(format!(
-                    "another turn of session `{id}` is in progress; retry when it has finished"
-                ))
-            })?;
-        let mut guard = TurnGuard {
-            sessions: Arc::clone(self),
-            session_id: id.to_owned(),
-            token: Some(token),
-            index: session.turns.len() as u64,
-            input: Vec::new(),
-            model: req.model.clone(),
-            request_id: request_id.to_owned(),
-            sent: SentWindow::default(),
-        };
+        guard.index = session.turns.len() as u64;
+        guard.model.clone_from(&req.model);
         let system = session
             .system
             .as_deref()

@@ -704,7 +704,8 @@ pub struct CallSummary {
 /// tokenize megabytes by hanging up.
 const TOKENIZE_LIMIT_BYTES: usize = 256 * 1024;
 
-/// Input tokens of `messages`: tokenized up to [`TOKENIZE_LIMIT_BYTES`] of text, estimated beyond.
+/// Input tokens of `messages`: tokenized up to 256 KiB of text, estimated at four bytes per token
+/// beyond (a client must not be able to make the gateway tokenize megabytes).
 pub fn count_prompt(model: &str, messages: &[ChatMessage]) -> u64 {
     let bytes: usize = messages
         .iter()
