@@ -94,6 +94,7 @@ fn turn(index: u64, cost: Option<&str>) -> Turn {
         cost_usd: cost.map(str::to_owned),
         cut: false,
         sent: SentWindow::default(),
+        tokens: None,
     }
 }
 
@@ -136,6 +137,7 @@ pub(crate) async fn create_and_get_keep_every_field(backend: &impl Backend) {
             summarized: true,
             input_tokens: 999,
         },
+        tokens: None,
     };
     let full = Session {
         model: Some("gpt-4o-mini".to_owned()),

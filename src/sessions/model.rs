@@ -87,6 +87,10 @@ pub struct Turn {
     pub cut: bool,
     /// Which stored turns went upstream with this call.
     pub sent: SentWindow,
+    /// Tokens of this turn's messages (input and output, without the per-request priming), counted
+    /// once when it was stored so later turns fit the window without tokenizing the history again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
 }
 
 /// Which earlier turns a call sent upstream.
@@ -238,6 +242,7 @@ mod tests {
             cost_usd: cost.map(str::to_owned),
             cut: false,
             sent: SentWindow::default(),
+            tokens: None,
         }
     }
 

@@ -397,6 +397,7 @@ impl Sessions {
             model: String::new(),
             request_id: request_id.to_owned(),
             sent: SentWindow::default(),
+            count_model: String::new(),
         };
         let session = self.get(owner, id).await?;
         if req.model.is_empty() {
@@ -440,6 +441,7 @@ impl Sessions {
             .as_deref()
             .map(|s| ChatMessage::text("system", s));
         let upstream = upstream_model(&req.model).unwrap_or_else(|| req.model.clone());
+        guard.count_model.clone_from(&upstream);
         // With summaries on, room for one stays free (the summary is written after fitting).
         let summary_room = summarizer.map_or(0, |_| self.config.summary_max_tokens + 16);
         let limit = WindowLimit {
@@ -485,6 +487,8 @@ pub struct TurnGuard {
     model: String,
     request_id: String,
     sent: SentWindow,
+    /// Upstream model name, whose tokenizer counts the turn's tokens.
+    count_model: String,
 }
 
 impl TurnGuard {
@@ -518,6 +522,14 @@ impl TurnGuard {
                 cost_usd: cost.map(|c| c.normalize().to_string()),
                 cut,
                 sent: std::mem::take(&mut self.sent),
+                tokens: None,
+            };
+            let model = std::mem::take(&mut self.count_model);
+            let count =
+                |messages: &[ChatMessage]| crate::usage::tokens::count_messages(&model, messages);
+            let turn = Turn {
+                tokens: Some(window::turn_tokens(&turn, &count)),
+                ..turn
             };
             match sessions
                 .store

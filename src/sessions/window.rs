@@ -265,16 +265,21 @@ impl<'a> Counter<'a> {
         (self.count)(messages).saturating_sub(self.priming)
     }
 
-    /// Tokens of the turns' messages without the per-request constant.
+    /// Tokens of the turns' messages without the per-request constant: the count stored with a turn
+    /// when it has one, else counted now.
     fn turns(&self, turns: &[Turn]) -> u64 {
         turns.iter().fold(0, |sum, turn| {
-            let output = turn
-                .output
-                .as_ref()
-                .map_or(0, |o| self.messages(slice::from_ref(o)));
-            sum.saturating_add(self.messages(&turn.input))
-                .saturating_add(output)
+            sum.saturating_add(turn.tokens.unwrap_or_else(|| self.turn(turn)))
         })
+    }
+
+    /// Tokens of one turn's messages, counted now.
+    fn turn(&self, turn: &Turn) -> u64 {
+        let output = turn
+            .output
+            .as_ref()
+            .map_or(0, |o| self.messages(slice::from_ref(o)));
+        self.messages(&turn.input).saturating_add(output)
     }
 }
 
@@ -468,6 +473,7 @@ mod tests {
             cost_usd: None,
             cut: false,
             sent: SentWindow::default(),
+            tokens: None,
         }
     }
 
@@ -1129,4 +1135,41 @@ mod tests {
             prop_assert_eq!(context_size(&snapshot), context_size(base));
         }
     }
+
+    #[test]
+    fn a_stored_token_count_is_used_instead_of_counting_again() {
+        let mut big = chat(0);
+        // The stored count (as counted when the turn was stored) wins over the messages' own size.
+        big.tokens = Some(1_000);
+        let history = [big, chat(1)];
+        let fitted = fit(
+            None,
+            &history,
+            &[],
+            WindowLimit {
+                context_tokens: 200,
+                reserve_output: 0,
+            },
+            &count,
+        )
+        .unwrap();
+        assert_eq!(
+            fitted.dropped,
+            0..1,
+            "the 1,000-token turn does not fit in 200"
+        );
+        let stored = turn_tokens(&chat(1), &count);
+        assert_eq!(
+            stored,
+            count(&[
+                ChatMessage::text("user", "u001"),
+                ChatMessage::text("assistant", "a001")
+            ]) - count(&[])
+        );
+    }
+}
+
+/// Tokens of `turn`'s messages without the per-request constant, to store with the turn.
+pub fn turn_tokens(turn: &Turn, count: &dyn Fn(&[ChatMessage]) -> u64) -> u64 {
+    Counter::new(count).turn(turn)
 }
