@@ -25,12 +25,13 @@ pub async fn build(
     let store: Arc<dyn store::SessionStore> = match config.state.backend {
         crate::config::Backend::Memory => {
             let path = config.sessions.path.clone();
-            Arc::new(
+            let store =
                 tokio::task::spawn_blocking(move || sqlite::SqliteSessionStore::open(&path))
                     .await
                     .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("{}: {e}", config.sessions.path.display()))?,
-            )
+                    .map_err(|e| format!("{}: {e}", config.sessions.path.display()))?;
+            spawn_checkpoints(store.clone(), tasks, shutdown);
+            Arc::new(store)
         }
         crate::config::Backend::Redis => {
             let conn =
@@ -72,6 +73,32 @@ fn spawn_expiry(
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => sessions.expire().await,
+            }
+        }
+    });
+}
+
+/// Checkpoints the SQLite session store's WAL every few seconds, off the request path, and once more
+/// at shutdown.
+fn spawn_checkpoints(
+    store: sqlite::SqliteSessionStore,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &crate::shutdown::Shutdown,
+) {
+    let stop = shutdown.signalled();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                () = stop.cancelled() => true,
+                _ = tick.tick() => false,
+            };
+            if let Err(e) = store.checkpoint().await {
+                tracing::warn!(error = %e, "session store checkpoint failed");
+            }
+            if stopping {
+                break;
             }
         }
     });

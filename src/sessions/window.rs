@@ -442,6 +442,11 @@ fn starts_with_short_version(rest: &str) -> bool {
         && (segment.contains('.') || segment.len() <= 2)
 }
 
+/// Tokens of `turn`'s messages without the per-request constant, to store with the turn.
+pub fn turn_tokens(turn: &Turn, count: &dyn Fn(&[ChatMessage]) -> u64) -> u64 {
+    Counter::new(count).turn(turn)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -1167,9 +1172,4 @@ mod tests {
             ]) - count(&[])
         );
     }
-}
-
-/// Tokens of `turn`'s messages without the per-request constant, to store with the turn.
-pub fn turn_tokens(turn: &Turn, count: &dyn Fn(&[ChatMessage]) -> u64) -> u64 {
-    Counter::new(count).turn(turn)
 }
