@@ -8,7 +8,6 @@
 //! fit with the output reserve. The summary request is only built here; the gateway makes the call.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::slice;
@@ -354,7 +353,8 @@ impl ContextTable {
             if size.context == 0 || size.max_output.is_some_and(|out| out > size.context) {
                 return Err(TableError::Invalid(name));
             }
-            insert_new(&mut models, &name, size)?;
+            crate::usage::model_names::insert_new(&mut models, &name, size)
+                .map_err(TableError::Duplicate)?;
         }
         for (alias, target) in raw.aliases {
             let size = *models.get(&target.to_ascii_lowercase()).ok_or_else(|| {
@@ -363,7 +363,8 @@ impl ContextTable {
                     target: target.clone(),
                 }
             })?;
-            insert_new(&mut models, &alias, size)?;
+            crate::usage::model_names::insert_new(&mut models, &alias, size)
+                .map_err(TableError::Duplicate)?;
         }
         Ok(ContextTable {
             version: raw.version,
@@ -374,72 +375,8 @@ impl ContextTable {
     /// The entry of `model`: the exact name, then without provider prefixes, then the longest entry
     /// the name extends at a snapshot separator (see `PriceTable::lookup`, whose rules these are).
     fn lookup(&self, model: &str) -> Option<&ContextSize> {
-        let name = model.trim().to_ascii_lowercase();
-        let names = unprefixed_names(&name);
-        names
-            .iter()
-            .find_map(|n| self.models.get(*n))
-            .or_else(|| names.iter().find_map(|n| self.longest_prefix(n)))
+        crate::usage::model_names::lookup(&self.models, model)
     }
-
-    /// The entry that `name` extends at a snapshot separator, longest first.
-    fn longest_prefix(&self, name: &str) -> Option<&ContextSize> {
-        // The separators are ASCII, so `at + 1` is a char boundary.
-        name.rmatch_indices(['-', '@', ':'])
-            .filter(|&(at, sep)| at > 0 && is_snapshot_cut(sep, &name[at + 1..]))
-            .find_map(|(at, _)| self.models.get(&name[..at]))
-    }
-}
-
-/// Inserts a lower-cased `name`, refusing a second entry of the same name.
-fn insert_new(
-    models: &mut HashMap<String, ContextSize>,
-    name: &str,
-    size: ContextSize,
-) -> Result<(), TableError> {
-    match models.entry(name.trim().to_ascii_lowercase()) {
-        Entry::Occupied(e) => Err(TableError::Duplicate(e.key().clone())),
-        Entry::Vacant(e) => {
-            e.insert(size);
-            Ok(())
-        }
-    }
-}
-
-/// `name`, then `name` without each leading provider prefix: `a/b/c` gives `a/b/c`, `b/c`, `c`; a
-/// last part such as `us.anthropic.claude-x` also gives `anthropic.claude-x` and `claude-x`.
-fn unprefixed_names(name: &str) -> Vec<&str> {
-    let mut names = vec![name];
-    names.extend(name.match_indices('/').map(|(at, _)| &name[at + 1..]));
-    let mut last = names.last().copied().unwrap_or(name);
-    // Bedrock-style `region.vendor.model`: strip leading parts made of letters only.
-    while let Some((head, rest)) = last.split_once('.')
-        && !head.is_empty()
-        && !rest.is_empty()
-        && head.bytes().all(|b| b.is_ascii_lowercase())
-    {
-        names.push(rest);
-        last = rest;
-    }
-    names.retain(|n| !n.is_empty());
-    names
-}
-
-/// Whether cutting a name before `sep` (with `rest` after it) leaves a base entry of the same model.
-fn is_snapshot_cut(sep: &str, rest: &str) -> bool {
-    match sep {
-        "@" | ":" => true,
-        "-" => !starts_with_short_version(rest),
-        _ => false,
-    }
-}
-
-/// True when `rest` starts with a version number such as `5`, `10` or `4.1` (not a date or `002`).
-fn starts_with_short_version(rest: &str) -> bool {
-    let segment = rest.split(['-', '@', ':']).next().unwrap_or(rest);
-    !segment.is_empty()
-        && segment.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && (segment.contains('.') || segment.len() <= 2)
 }
 
 /// Tokens of `turn`'s messages without the per-request constant, to store with the turn.

@@ -5,7 +5,6 @@
 //! `prices.toml`, compiled into the binary; it carries a version string that cost records can cite.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::LazyLock;
 
 use rust_decimal::Decimal;
@@ -234,7 +233,8 @@ impl PriceTable {
         let mut models = HashMap::with_capacity(raw.models.len() + raw.aliases.len());
         for (name, config) in raw.models {
             let price = config.validate(&name)?;
-            insert_new(&mut models, &name, price)?;
+            crate::usage::model_names::insert_new(&mut models, &name, price)
+                .map_err(PriceError::Duplicate)?;
         }
         for (alias, target) in raw.aliases {
             let price = *models.get(&target.to_ascii_lowercase()).ok_or_else(|| {
@@ -243,7 +243,8 @@ impl PriceTable {
                     target: target.clone(),
                 }
             })?;
-            insert_new(&mut models, &alias, price)?;
+            crate::usage::model_names::insert_new(&mut models, &alias, price)
+                .map_err(PriceError::Duplicate)?;
         }
         Ok(PriceTable {
             version: raw.version,
@@ -260,12 +261,7 @@ impl PriceTable {
     /// A `-` followed by a short version number (`-5`, `-10`, `-4.1`) is a different model, not a
     /// snapshot, so `claude-opus-4-9` does not fall back to `claude-opus-4`.
     pub fn lookup(&self, model: &str) -> Option<&Price> {
-        let name = model.trim().to_ascii_lowercase();
-        let names = unprefixed_names(&name);
-        names
-            .iter()
-            .find_map(|n| self.models.get(*n))
-            .or_else(|| names.iter().find_map(|n| self.longest_prefix(n)))
+        super::model_names::lookup(&self.models, model)
     }
 
     /// The cost of `usage` on `model`, or `None` when the model has no price.
@@ -287,65 +283,6 @@ impl PriceTable {
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }
-
-    /// The entry that `name` extends at a snapshot separator, longest first.
-    fn longest_prefix(&self, name: &str) -> Option<&Price> {
-        // The separators are ASCII, so `at + 1` is a char boundary.
-        name.rmatch_indices(['-', '@', ':'])
-            .filter(|&(at, sep)| at > 0 && is_snapshot_cut(sep, &name[at + 1..]))
-            .find_map(|(at, _)| self.models.get(&name[..at]))
-    }
-}
-
-/// Inserts a lower-cased `name`, refusing a second entry of the same name.
-fn insert_new(
-    models: &mut HashMap<String, Price>,
-    name: &str,
-    price: Price,
-) -> Result<(), PriceError> {
-    match models.entry(name.trim().to_ascii_lowercase()) {
-        Entry::Occupied(e) => Err(PriceError::Duplicate(e.key().clone())),
-        Entry::Vacant(e) => {
-            e.insert(price);
-            Ok(())
-        }
-    }
-}
-
-/// `name`, then `name` without each leading provider prefix: `a/b/c` gives `a/b/c`, `b/c`, `c`; a
-/// last part such as `us.anthropic.claude-x` also gives `anthropic.claude-x` and `claude-x`.
-fn unprefixed_names(name: &str) -> Vec<&str> {
-    let mut names = vec![name];
-    names.extend(name.match_indices('/').map(|(at, _)| &name[at + 1..]));
-    let mut last = names.last().copied().unwrap_or(name);
-    // Bedrock-style `region.vendor.model`: strip leading parts made of letters only.
-    while let Some((head, rest)) = last.split_once('.')
-        && !head.is_empty()
-        && !rest.is_empty()
-        && head.bytes().all(|b| b.is_ascii_lowercase())
-    {
-        names.push(rest);
-        last = rest;
-    }
-    names.retain(|n| !n.is_empty());
-    names
-}
-
-/// Whether cutting a name before `sep` (with `rest` after it) leaves a base entry of the same model.
-fn is_snapshot_cut(sep: &str, rest: &str) -> bool {
-    match sep {
-        "@" | ":" => true,
-        "-" => !starts_with_short_version(rest),
-        _ => false,
-    }
-}
-
-/// True when `rest` starts with a version number such as `5`, `10` or `4.1` (not a date or `002`).
-fn starts_with_short_version(rest: &str) -> bool {
-    let segment = rest.split(['-', '@', ':']).next().unwrap_or(rest);
-    !segment.is_empty()
-        && segment.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && (segment.contains('.') || segment.len() <= 2)
 }
 
 #[cfg(test)]
