@@ -352,8 +352,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 /// Creates the parent directory and the file if missing, mode `0700`/`0600` on unix, and narrows an
-/// existing file (and its WAL side files) to `0600`.
-fn prepare_file(path: &Path) -> std::io::Result<()> {
+/// existing file (and its WAL side files) to `0600`. Shared by the SQLite stores (keys, sessions).
+pub(crate) fn prepare_file(path: &Path) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         let mut dir = std::fs::DirBuilder::new();
         dir.recursive(true);

@@ -18,7 +18,7 @@
 //! argument, takes the new `updated_at` as "now" (the caller stamps it); the turn lock uses this
 //! machine's clock, as its lease is a duration.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -114,7 +114,8 @@ impl SqliteSessionStore {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Backend(format!("session store {}: {what}: {e}", path.display()))
         };
-        prepare_file(path).map_err(|e| fail("cannot create the file", &e))?;
+        crate::control::sqlite::prepare_file(path)
+            .map_err(|e| fail("cannot create the file", &e))?;
         let mut conn = Connection::open(path).map_err(|e| fail("cannot open", &e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| fail("busy_timeout", &e))?;
@@ -520,38 +521,6 @@ fn migrate(conn: &mut Connection) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Creates the parent directory and the file if missing, mode `0700`/`0600` on unix, and narrows an
-/// existing file (and its WAL side files) to `0600`.
-fn prepare_file(path: &Path) -> std::io::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let mut dir = std::fs::DirBuilder::new();
-        dir.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
-        dir.create(parent)?;
-    }
-    let mut file = std::fs::OpenOptions::new();
-    file.create(true).append(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
-    drop(file.open(path)?);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let private = std::fs::Permissions::from_mode(0o600);
-        std::fs::set_permissions(path, private.clone())?;
-        for suffix in ["-wal", "-shm"] {
-            let mut side = path.as_os_str().to_owned();
-            side.push(suffix);
-            let side = PathBuf::from(side);
-            if side.exists() {
-                std::fs::set_permissions(&side, private.clone())?;
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,7 +532,7 @@ mod tests {
     }
 
     impl Sqlite {
-        fn path(&self) -> PathBuf {
+        fn path(&self) -> std::path::PathBuf {
             self.dir.path().join("sessions.db")
         }
     }

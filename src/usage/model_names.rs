@@ -18,7 +18,11 @@ pub(crate) fn lookup<'t, V>(table: &'t HashMap<String, V>, model: &str) -> Optio
 }
 
 /// Inserts a lower-cased `name`; a second entry of the same name is an error carrying that name.
-pub(crate) fn insert_new<V>(table: &mut HashMap<String, V>, name: &str, value: V) -> Result<(), String> {
+pub(crate) fn insert_new<V>(
+    table: &mut HashMap<String, V>,
+    name: &str,
+    value: V,
+) -> Result<(), String> {
     match table.entry(name.trim().to_ascii_lowercase()) {
         Entry::Occupied(e) => Err(e.key().clone()),
         Entry::Vacant(e) => {
