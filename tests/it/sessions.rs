@@ -553,3 +553,42 @@ async fn turns_that_no_longer_fit_are_summarised_when_configured() {
     assert_eq!(sent_window["summarized"], true, "{sent_window}");
     assert!(sent_window["dropped_turns"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn cut_turns_are_dropped_when_configured_and_the_session_stays_usable() {
+    let upstream = MockUpstream::start().await.unwrap();
+    upstream.set_behavior(Behavior {
+        token_delay: Duration::from_millis(30),
+        ..Behavior::default()
+    });
+    let app = start(&upstream, "[sessions]\nkeep_cut_turns = false\n").await;
+    let id = create(&app, KEY_A, json!({"model": "gpt"})).await;
+    let resp = chat(&app, KEY_A, &id, &turn("gpt", "tell me a story", true)).await;
+    let mut body = resp.bytes_stream();
+    futures_util::StreamExt::next(&mut body)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(body);
+    assert!(upstream.wait_stream_dropped(Duration::from_secs(5)).await);
+    upstream.set_behavior(Behavior::default());
+    // The lock is released from a task: the next turn may see 409 for a moment, never a lost message.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = chat(&app, KEY_A, &id, &turn("gpt", "again", false)).await;
+        if resp.status() == 200 {
+            break;
+        }
+        assert_eq!(resp.status(), 409);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cut turn never released the session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, session) = get(&app, KEY_A, &id).await;
+    let turns = session["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 1, "{session}");
+    assert_eq!(turns[0]["input"][0]["content"], "again");
+    assert_eq!(turns[0]["cut"], false);
+}
