@@ -15,16 +15,22 @@
 //!    and, at its last byte or on disconnect, writes metrics, access log, span attributes and the request
 //!    log; cost and overhead headers on non-streaming responses) →
 //!    `DefaultBodyLimit(server.max_body_bytes)` (413 through the JSON extractor) →
-//!    `/admin/*` only: `require_admin` → `/v1/messages` only: `anthropic_error_shape` →
-//!    handler → `provider::Route` (timeouts, upstream attempt span, chunk observation) → `Provider`.
+//!    `/admin/*` only: `require_admin` (the admin key) →
+//!    `/v1/messages` only: `anthropic_error_shape` (wraps the auth layer, so its 401 is Anthropic-shaped) →
+//!    `/v1/*` only: `auth::authenticate` (virtual key → `Caller`; 401) →
+//!    handler. A model-calling handler parses the body, then runs, in order: `api::sessions::join`
+//!    (session history in front of the new messages; turn lock) → `api::admit` (403 model permission,
+//!    404 model, every limit and budget at once; `x-ratelimit-*` headers) → `provider::Route`
+//!    (timeouts, upstream attempt span, chunk observation) → `Provider`.
 //!
 //! Request extensions: `MatchedPath` (axum) and the `x-request-id` header are read by `observe`, which
-//! inserts `Arc<Call>`; the `CallContext` extractor takes both (the id and trace context go upstream).
-//! Response extensions: `GatewayError` (inserted by its `IntoResponse`) is read by `anthropic_error_shape`
-//! and `observe`.
+//! inserts `Arc<Call>`; `auth` inserts `Caller` (and the key id into the call). The `CallContext`
+//! extractor takes the call, the caller, the request id and `x-sluice-session-id`. Response extensions:
+//! `GatewayError` (inserted by its `IntoResponse`) is read by `anthropic_error_shape` and `observe`.
+//! The call record settles the admission (real tokens, exact cost, concurrency slot) when it finishes,
+//! in a task after the body's last byte.
 //!
-//! Later layers (auth, rate limits, sessions, cache, metrics) go into step 3 between the body limit and
-//! the handler, in that order.
+//! A response cache goes between `api::admit` and the route.
 
 use std::net::SocketAddr;
 use std::time::Duration;
