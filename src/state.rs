@@ -38,6 +38,8 @@ pub struct Inner {
     pub control: Arc<Control>,
     /// Conversation sessions, when enabled.
     pub sessions: Option<Arc<crate::sessions::service::Sessions>>,
+    /// The exact response cache, when enabled.
+    pub cache: Option<crate::cache::exact::ExactCache>,
 }
 
 impl AppState {
@@ -79,6 +81,9 @@ impl AppState {
             metrics_on_main_listener: metrics.enabled && metrics.listen.is_none(),
             control,
             sessions,
+            cache: config.cache.enabled.then(|| {
+                crate::cache::exact::ExactCache::new(config.cache.max_bytes, config.cache.ttl)
+            }),
         })))
     }
 }

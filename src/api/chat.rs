@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::StreamExt;
 
 use super::admit::admit;
+use super::cache;
 use super::extract::OpenAiJson;
 use super::sessions;
 use super::sse;
@@ -46,27 +47,33 @@ pub async fn create_chat_completion(
         max_output_tokens: req.output_limit().map(u64::from),
     })
     .await?;
+    // The exact cache (deterministic calls outside sessions): a hit never reaches the upstream.
+    let cache = cache::Plan::new(&state, &ctx, &req, turn.is_some());
+    if let Some(hit) = cache.lookup(&state, &req).await {
+        return Ok(hit);
+    }
     if !req.is_stream() {
         let reply = route.chat(req, ctx).await?;
+        cache.store_completion(&state, &reply).await;
         if let Some(turn) = turn {
             let usage = reply.usage;
             let cost = price_of(route.price.as_ref(), usage.as_ref());
             let output = reply.choices.first().map(|c| c.message.clone());
             turn.complete(output, usage, cost, false).await;
         }
-        return Ok(Json(reply).into_response());
+        return Ok(cache.mark(Json(reply).into_response()));
     }
     let wants_usage = req.wants_usage();
     ctx.call.keep_prompt(&req.messages);
     let stream = route.chat_stream(req, ctx).await?;
     let stream = match turn {
         Some(turn) => record_stream(turn, stream, route.price),
-        None => stream,
+        None => cache.record_stream(&state, stream),
     };
     // Sluice always asks upstream for usage; the extra chunk goes to the client only if it asked.
     let stream = stream.filter(move |item| {
         let keep = wants_usage || !matches!(item, Ok(chunk) if chunk.is_usage_only());
         std::future::ready(keep)
     });
-    Ok(sse::openai(&state, stream))
+    Ok(cache.mark(sse::openai(&state, stream)))
 }

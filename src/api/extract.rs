@@ -105,6 +105,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
                 .get(super::sessions::SESSION_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            cache: crate::cache::Directives::from_headers(&parts.headers),
         })
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod admit;
+pub mod cache;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;

@@ -96,6 +96,9 @@ pub struct RawConfig {
     /// Conversation sessions.
     #[serde(default)]
     pub sessions: crate::sessions::config::SessionsConfig,
+    /// Response caching.
+    #[serde(default)]
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// `[admin]`: the admin API is denied unless a key is configured.
@@ -131,6 +134,8 @@ pub struct Config {
     pub state: StateConfig,
     /// `[sessions]`.
     pub sessions: crate::sessions::config::SessionsConfig,
+    /// `[cache]`.
+    pub cache: crate::cache::CacheConfig,
     /// Where the configuration came from, for messages.
     pub origin: String,
 }
@@ -269,7 +274,13 @@ impl RawConfig {
                 "sessions.summarize_with: unknown model `{model}`"
             )));
         }
+        if self.cache.enabled && (self.cache.max_bytes == 0 || self.cache.ttl.is_zero()) {
+            return Err(invalid(
+                "cache.max_bytes and cache.ttl must be greater than 0".to_owned(),
+            ));
+        }
         Ok(Config {
+            cache: self.cache,
             sessions: self.sessions,
             config_keys,
             auth: self.auth,

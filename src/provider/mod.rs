@@ -54,6 +54,8 @@ pub struct CallContext {
     pub caller: crate::control::Caller,
     /// The session named by `x-sluice-session-id`, if any.
     pub session_id: Option<String>,
+    /// `Cache-Control` directives of the request.
+    pub cache: crate::cache::Directives,
 }
 
 impl Default for CallContext {
@@ -63,6 +65,7 @@ impl Default for CallContext {
             call: Call::detached(),
             caller: crate::control::Caller::Anonymous,
             session_id: None,
+            cache: crate::cache::Directives::default(),
         }
     }
 }

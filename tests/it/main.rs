@@ -11,6 +11,7 @@
 
 mod access;
 mod anthropic;
+mod cache;
 mod chat;
 mod chat_stream;
 mod cli;
