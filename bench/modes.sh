@@ -5,6 +5,8 @@
 #   SUITE=observability   off | logs | reqlog | otel | on   (bench/observability.sh; goal on/off <= 1.3x)
 #       off = log filter error, no request log, no trace export; on = JSON access log at info to a file,
 #       the SQLite request log, OTLP/HTTP export to a receiver; the others switch one part on alone.
+#   SUITE=cache           off | hit: the same deterministic request with the exact cache off, and on
+#       (every request after the warm-up a hit, never reaching the upstream). Goal: hit p99 <= +0.5 ms.
 #   SUITE=access          off | auth | memory | redis        (bench/access.sh; goal memory +0.1 ms,
 #       redis +0.5 ms p50 over off) off = no key required; auth = a virtual key checked, no limits;
 #       memory = the key with RPM, TPM, concurrency and budget limits plus model limits, in process;
@@ -24,6 +26,7 @@ SUITE="${SUITE:-observability}"
 case "$SUITE" in
   observability) PREFIX=obs; DEFAULT_MODES="off on" ;;
   access) PREFIX=access; DEFAULT_MODES="off auth memory" ;;
+  cache) PREFIX=cache; DEFAULT_MODES="off hit" ;;
   *) echo "unknown SUITE $SUITE" >&2; exit 2 ;;
 esac
 OUT="$REPO/bench/results/$PREFIX-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
@@ -70,7 +73,11 @@ key_limits='limits = { rpm = 100000000, tpm = 1000000000000, max_concurrent = 10
 model_limits='[models.bench.limits]\nrpm = 100000000\ntpm = 1000000000000\nmax_concurrent = 100000\n'
 memory_state="[state]\nbackend = \"memory\"\npath = \"$WORK/state.db\"\n"
 redis_state="[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:$PORT_REDIS\"\n"
-if [ "$SUITE" = observability ]; then
+cache_off='[cache]\nenabled = false\n'
+if [ "$SUITE" = cache ]; then
+  printf '%s\n'"$off_log$off_rl$no_auth$cache_off" "$common" >"$WORK/off.toml"
+  printf '%s\n'"$off_log$off_rl$no_auth" "$common" >"$WORK/hit.toml"
+elif [ "$SUITE" = observability ]; then
   printf '%s\n'"$off_log$off_rl$no_auth" "$common" >"$WORK/off.toml"
   printf '%s\n'"$on_log$on_rl$on_otel$no_auth" "$common" >"$WORK/on.toml"
   printf '%s\n'"$on_log$off_rl$no_auth" "$common" >"$WORK/logs.toml"
@@ -91,6 +98,11 @@ for m in $MODES; do cp "$WORK/$m.toml" "$OUT/"; done
 
 BODY='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 SBODY='{"model":"bench","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+if [ "$SUITE" = cache ]; then
+  # Deterministic, so cacheable: after the warm-up every request of the `hit` mode is a cache hit.
+  BODY='{"model":"bench","temperature":0,"messages":[{"role":"user","content":"hi"}]}'
+  SBODY='{"model":"bench","stream":true,"temperature":0,"messages":[{"role":"user","content":"hi"}]}'
+fi
 for run in $(seq "$RUNS"); do
   for target in direct $MODES; do
     if [ "$target" = direct ]; then
