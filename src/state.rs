@@ -67,6 +67,12 @@ impl AppState {
         if let Some(sessions) = &sessions {
             sessions.metrics.register(obs.metrics.registry_mut());
         }
+        let cache = config.cache.enabled.then(|| {
+            crate::cache::exact::ExactCache::new(config.cache.max_bytes, config.cache.ttl)
+        });
+        if let Some(cache) = &cache {
+            cache.metrics.register(obs.metrics.registry_mut());
+        }
         Ok(Self(Arc::new(Inner {
             providers: Providers::from_config(config, &tasks)?,
             obs,
@@ -81,9 +87,7 @@ impl AppState {
             metrics_on_main_listener: metrics.enabled && metrics.listen.is_none(),
             control,
             sessions,
-            cache: config.cache.enabled.then(|| {
-                crate::cache::exact::ExactCache::new(config.cache.max_bytes, config.cache.ttl)
-            }),
+            cache,
         })))
     }
 }

@@ -40,7 +40,12 @@ impl Plan {
     }
 
     /// The cached reply, unless the request may not be answered from the cache.
-    pub async fn lookup(&self, state: &AppState, req: &ChatRequest) -> Option<Response> {
+    pub async fn lookup(
+        &self,
+        state: &AppState,
+        ctx: &CallContext,
+        req: &ChatRequest,
+    ) -> Option<Response> {
         let (cache, key) = (state.cache.as_ref()?, self.key.as_ref()?);
         if self.directives.no_cache {
             return None;
@@ -57,7 +62,23 @@ impl Plan {
         } else {
             Json(hit.completion.clone()).into_response()
         };
+        Self::outcome(state, ctx, "hit");
         Some(with_header(response, "hit"))
+    }
+
+    /// Counts the outcome and records it on the call (access log, request log).
+    fn outcome(state: &AppState, ctx: &CallContext, result: &'static str) {
+        ctx.call.cache_outcome(result);
+        if let Some(cache) = state.cache.as_ref() {
+            cache
+                .metrics
+                .lookups
+                .get_or_create(&crate::cache::LookupLabels {
+                    tier: "exact",
+                    result,
+                })
+                .inc();
+        }
     }
 
     fn storing(&self) -> Option<CacheKey> {
@@ -110,8 +131,9 @@ impl Plan {
         .boxed()
     }
 
-    /// Marks a response with what the cache did (nothing when the cache is off).
-    pub fn mark(&self, response: Response) -> Response {
+    /// Marks a response that did not come from the cache, and counts it (nothing when the cache is
+    /// off).
+    pub fn mark(&self, state: &AppState, ctx: &CallContext, response: Response) -> Response {
         if !self.enabled {
             return response;
         }
@@ -120,6 +142,7 @@ impl Plan {
         } else {
             "bypass"
         };
+        Self::outcome(state, ctx, status);
         with_header(response, status)
     }
 }

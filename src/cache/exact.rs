@@ -97,6 +97,8 @@ fn size_of<T: serde::Serialize>(value: &T) -> u32 {
 /// The in-process exact tier.
 pub struct ExactCache {
     entries: moka::future::Cache<CacheKey, Arc<CachedReply>>,
+    /// Metric families.
+    pub metrics: super::CacheMetrics,
 }
 
 impl ExactCache {
@@ -108,6 +110,7 @@ impl ExactCache {
                 .weigher(|_, reply: &Arc<CachedReply>| reply.bytes)
                 .time_to_live(ttl)
                 .build(),
+            metrics: super::CacheMetrics::default(),
         }
     }
 
@@ -124,7 +127,15 @@ impl ExactCache {
             chunks: None,
             bytes,
         };
+        self.insert(key, reply).await;
+    }
+
+    async fn insert(&self, key: CacheKey, reply: CachedReply) {
         self.entries.insert(key, Arc::new(reply)).await;
+        self.entries.run_pending_tasks().await;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.entries.set(gauge(self.entries.entry_count()));
+        self.metrics.bytes.set(gauge(self.entries.weighted_size()));
     }
 
     /// Stores a streamed reply (all its chunks, in order).
@@ -154,7 +165,7 @@ impl ExactCache {
             chunks: Some(chunks),
             bytes,
         };
-        self.entries.insert(key, Arc::new(reply)).await;
+        self.insert(key, reply).await;
     }
 
     /// Entries (approximate until moka's pending work runs).

@@ -59,3 +59,47 @@ impl Directives {
 
 /// `x-sluice-cache`: what the cache did for a response.
 pub const CACHE_HEADER: &str = "x-sluice-cache";
+
+/// `tier`, `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct LookupLabels {
+    /// `exact`.
+    pub tier: &'static str,
+    /// `hit`, `miss` or `bypass`.
+    pub result: &'static str,
+}
+
+/// Metric families of the cache.
+#[derive(Clone, Default)]
+pub struct CacheMetrics {
+    /// `sluice_cache_lookups_total{tier,result}`.
+    pub lookups: prometheus_client::metrics::family::Family<
+        LookupLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// `sluice_cache_entries{tier}` (approximate).
+    pub entries: prometheus_client::metrics::gauge::Gauge,
+    /// `sluice_cache_bytes` (approximate weight of the stored replies).
+    pub bytes: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl CacheMetrics {
+    /// Registers the families.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "cache_lookups",
+            "Response cache outcomes by tier: hit, miss (stored when complete), bypass",
+            self.lookups.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Replies in the exact cache (approximate)",
+            self.entries.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes of replies in the exact cache (approximate)",
+            self.bytes.clone(),
+        );
+    }
+}

@@ -80,6 +80,8 @@ struct CallData {
     admission: Option<crate::control::Admission>,
     /// `x-ratelimit-*` headers for the response.
     limit_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// What the response cache did (`hit`, `miss`, `bypass`), when it was consulted.
+    cache: Option<&'static str>,
     /// The model as the client named it (logs only).
     requested_model: Option<String>,
     /// The configured public model (a metric label).
@@ -213,6 +215,11 @@ impl Call {
         let mut d = self.data();
         d.admission = admission;
         d.limit_headers = headers;
+    }
+
+    /// What the response cache did for this call.
+    pub fn cache_outcome(&self, outcome: &'static str) {
+        self.data().cache = Some(outcome);
     }
 
     /// The `x-ratelimit-*` headers of the call's admission (also set when it was refused).
@@ -603,6 +610,7 @@ impl Call {
                     // Evaluated only when the record is logged.
                     trace_id = super::otel::trace_id(&self.span).as_deref(),
                     key_id = d.key_id.as_deref(),
+                    cache = d.cache,
                     method = %self.method,
                     status = f.status,
                     model,
@@ -667,6 +675,7 @@ impl Call {
         }
         timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
         CallSummary {
+            cache: d.cache,
             key_id: d.key_id.as_deref().map(str::to_owned),
             model: d.requested_model.clone(),
             provider: d.provider.as_ref().map(|l| l.0.to_string()),
@@ -681,6 +690,8 @@ impl Call {
 
 /// What the request log needs from the call data, copied out under the lock.
 pub struct CallSummary {
+    /// What the response cache did.
+    pub cache: Option<&'static str>,
     /// The caller's key id.
     pub key_id: Option<String>,
     /// Public model.

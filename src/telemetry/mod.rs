@@ -128,7 +128,7 @@ impl Observability {
             cost_usd: finished.cost.map(|c| c.normalize().to_string()),
             error_kind: summary.error.as_ref().map(|(kind, _)| (*kind).to_owned()),
             error_message: summary.error.map(|(_, message)| message),
-            cache: None,
+            cache: summary.cache.map(str::to_owned),
             request_body: summary.request_body,
             response_body: summary.response_body,
             timeline,

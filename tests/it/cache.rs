@@ -104,6 +104,43 @@ async fn a_repeated_deterministic_request_is_answered_without_the_upstream() {
         first["choices"][0]["message"]["content"].as_str().unwrap()
     );
     assert_eq!(upstream.requests().len(), 1);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sluice_cache_lookups_total{tier=\"exact\",result=\"hit\"} 2",
+        "sluice_cache_lookups_total{tier=\"exact\",result=\"miss\"} 1",
+        "sluice_cache_entries 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+    // The request log says which calls were hits (read after a stop, which flushes it).
+    app.wait_finished(3).await;
+    let (_dir, log) = app.stop().await;
+    let records = log
+        .unwrap()
+        .query_async(sluice::request_log::RequestFilter::default())
+        .await
+        .unwrap();
+    let mut outcomes: Vec<Option<String>> = records.into_iter().map(|r| r.cache).collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![
+            Some("hit".to_owned()),
+            Some("hit".to_owned()),
+            Some("miss".to_owned())
+        ]
+    );
 }
 
 #[tokio::test]
