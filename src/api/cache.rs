@@ -14,6 +14,7 @@ use crate::cache::{CACHE_HEADER, Directives};
 use crate::protocol::openai::{ChatCompletion, ChatRequest};
 use crate::provider::{CallContext, ChunkStream};
 use crate::state::AppState;
+use crate::telemetry::call::Call;
 
 /// Most chunks of a stream kept for the cache; a longer stream is not stored.
 const MAX_CACHED_CHUNKS: usize = 20_000;
@@ -62,13 +63,13 @@ impl Plan {
         } else {
             Json(hit.completion.clone()).into_response()
         };
-        Self::outcome(state, ctx, "hit");
+        Self::outcome(state, &ctx.call, "hit");
         Some(with_header(response, "hit"))
     }
 
     /// Counts the outcome and records it on the call (access log, request log).
-    fn outcome(state: &AppState, ctx: &CallContext, result: &'static str) {
-        ctx.call.cache_outcome(result);
+    fn outcome(state: &AppState, call: &Call, result: &'static str) {
+        call.cache_outcome(result);
         if let Some(cache) = state.cache.as_ref() {
             cache
                 .metrics
@@ -133,7 +134,7 @@ impl Plan {
 
     /// Marks a response that did not come from the cache, and counts it (nothing when the cache is
     /// off).
-    pub fn mark(&self, state: &AppState, ctx: &CallContext, response: Response) -> Response {
+    pub fn mark(&self, state: &AppState, call: &Call, response: Response) -> Response {
         if !self.enabled {
             return response;
         }
@@ -142,7 +143,7 @@ impl Plan {
         } else {
             "bypass"
         };
-        Self::outcome(state, ctx, status);
+        Self::outcome(state, call, status);
         with_header(response, status)
     }
 }

@@ -52,7 +52,7 @@ pub async fn create_chat_completion(
     if let Some(hit) = cache.lookup(&state, &ctx, &req).await {
         return Ok(hit);
     }
-    let call_ctx = ctx.clone();
+    let call = std::sync::Arc::clone(&ctx.call);
     if !req.is_stream() {
         let reply = route.chat(req, ctx).await?;
         cache.store_completion(&state, &reply).await;
@@ -62,7 +62,7 @@ pub async fn create_chat_completion(
             let output = reply.choices.first().map(|c| c.message.clone());
             turn.complete(output, usage, cost, false).await;
         }
-        return Ok(cache.mark(&state, &call_ctx, Json(reply).into_response()));
+        return Ok(cache.mark(&state, &call, Json(reply).into_response()));
     }
     let wants_usage = req.wants_usage();
     ctx.call.keep_prompt(&req.messages);
@@ -76,5 +76,5 @@ pub async fn create_chat_completion(
         let keep = wants_usage || !matches!(item, Ok(chunk) if chunk.is_usage_only());
         std::future::ready(keep)
     });
-    Ok(cache.mark(&state, &call_ctx, sse::openai(&state, stream)))
+    Ok(cache.mark(&state, &call, sse::openai(&state, stream)))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice::testkit::upstream::{Behavior, MockUpstream};
 
-use crate::common::{TestApp, UPSTREAM_KEY, read_sse, standard_config};
+use crate::common::{TestApp, read_sse, standard_config};
 
 const KEY_A: &str = "sk-sessions-key-a-0123456789";
 const KEY_B: &str = "sk-sessions-key-b-0123456789";
@@ -505,7 +505,6 @@ async fn sessions_survive_a_restart_and_expire() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = UPSTREAM_KEY;
 }
 
 #[tokio::test]
