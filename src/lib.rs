@@ -7,6 +7,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod embed;
 pub mod error;
 pub mod middleware;
 pub mod protocol;

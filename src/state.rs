@@ -99,3 +99,22 @@ impl std::ops::Deref for AppState {
         &self.0
     }
 }
+
+impl AppState {
+    /// A handle that does not keep the state alive (for parts of the state that call back into it,
+    /// such as the embedder of the semantic cache).
+    pub fn downgrade(&self) -> WeakState {
+        WeakState(Arc::downgrade(&self.0))
+    }
+}
+
+/// A [`AppState`] that may be gone (after shutdown).
+#[derive(Clone, Default)]
+pub struct WeakState(std::sync::Weak<Inner>);
+
+impl WeakState {
+    /// The state, while the gateway runs.
+    pub fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(AppState)
+    }
+}

@@ -167,7 +167,18 @@ impl Call {
         }
     }
 
-    /// A call that is not attached to a request (unit tests, internal calls).
+    /// A call the gateway makes for itself (the semantic cache's embedder, the RAG judge): recorded
+    /// like a client's call, under the route label `internal`, in a span named after `purpose`.
+    pub fn internal(purpose: &'static str) -> Arc<Self> {
+        Arc::new(Self::new(
+            uuid::Uuid::now_v7().to_string(),
+            Label::fixed("internal"),
+            http::Method::POST,
+            tracing::info_span!("internal call", purpose),
+        ))
+    }
+
+    /// A call that is not attached to a request (unit tests).
     pub fn detached() -> Arc<Self> {
         Arc::new(Self::new(
             String::new(),
