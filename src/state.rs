@@ -38,8 +38,8 @@ pub struct Inner {
     pub control: Arc<Control>,
     /// Conversation sessions, when enabled.
     pub sessions: Option<Arc<crate::sessions::service::Sessions>>,
-    /// The exact response cache, when enabled.
-    pub cache: Option<crate::cache::exact::ExactCache>,
+    /// The response cache, when enabled.
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl AppState {
@@ -67,13 +67,12 @@ impl AppState {
         if let Some(sessions) = &sessions {
             sessions.metrics.register(obs.metrics.registry_mut());
         }
-        let cache = config.cache.enabled.then(|| {
-            crate::cache::exact::ExactCache::new(config.cache.max_bytes, config.cache.ttl)
-        });
+        let cache = crate::cache::Cache::build(config, &tasks, &shutdown)
+            .map_err(crate::InitError::State)?;
         if let Some(cache) = &cache {
             cache.metrics.register(obs.metrics.registry_mut());
         }
-        Ok(Self(Arc::new(Inner {
+        let state = Self(Arc::new(Inner {
             providers: Providers::from_config(config, &tasks)?,
             obs,
             shutdown,
@@ -88,7 +87,11 @@ impl AppState {
             control,
             sessions,
             cache,
-        })))
+        }));
+        if let Some(cache) = &state.cache {
+            cache.bind(&state);
+        }
+        Ok(state)
     }
 }
 

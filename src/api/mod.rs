@@ -70,6 +70,10 @@ pub fn admin_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/requests", get(admin::list_requests))
         .route("/admin/requests/{id}", get(admin::get_request))
+        .route(
+            "/admin/cache",
+            get(admin::cache_stats).delete(admin::purge_cache),
+        )
         .route("/admin/keys", post(keys::create_key).get(keys::list_keys))
         .route(
             "/admin/keys/{id}",

@@ -274,11 +274,7 @@ impl RawConfig {
                 "sessions.summarize_with: unknown model `{model}`"
             )));
         }
-        if self.cache.enabled && (self.cache.max_bytes == 0 || self.cache.ttl.is_zero()) {
-            return Err(invalid(
-                "cache.max_bytes and cache.ttl must be greater than 0".to_owned(),
-            ));
-        }
+        self.cache.validate(self.models.keys()).map_err(invalid)?;
         Ok(Config {
             cache: self.cache,
             sessions: self.sessions,
@@ -366,6 +362,7 @@ fn resolve_config_keys(
             expires_at: None,
             revoked_at: None,
             metadata: BTreeMap::new(),
+            cache: key.cache,
             created_at: 0,
             source: "config".to_owned(),
         });

@@ -60,3 +60,11 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     }
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
+
+/// The local embedder (all-MiniLM-L6-v2) from `dir`; needs the `local-embedder` cargo feature.
+pub fn local(dir: &std::path::Path) -> Result<std::sync::Arc<dyn Embedder>, String> {
+    Err(format!(
+        "the local embedder ({}) needs a build with the `local-embedder` cargo feature",
+        dir.display()
+    ))
+}

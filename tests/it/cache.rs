@@ -116,7 +116,7 @@ async fn a_repeated_deterministic_request_is_answered_without_the_upstream() {
     for line in [
         "sluice_cache_lookups_total{tier=\"exact\",result=\"hit\"} 2",
         "sluice_cache_lookups_total{tier=\"exact\",result=\"miss\"} 1",
-        "sluice_cache_entries 1",
+        "sluice_cache_entries{tier=\"exact\"} 1",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
