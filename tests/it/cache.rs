@@ -289,12 +289,12 @@ async fn metrics(app: &TestApp) -> String {
         .unwrap()
 }
 
-/// The value of the sample `name` exactly (labels included), or 0 when absent.
-fn sample(metrics: &str, name: &str) -> f64 {
+/// The value of the sample `name` exactly (labels included), as written, or `absent`.
+fn sample(metrics: &str, name: &str) -> String {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+        .find_map(|l| Some(l.strip_prefix(name)?.strip_prefix(' ')?.trim().to_owned()))
+        .unwrap_or_else(|| "absent".to_owned())
 }
 
 #[tokio::test]
@@ -333,11 +333,11 @@ async fn a_near_duplicate_is_a_semantic_hit_within_its_tenant_only() {
             &m,
             "sluice_cache_lookups_total{tier=\"semantic\",result=\"hit\"}"
         ),
-        1.0
+        "1"
     );
     assert_eq!(
         sample(&m, "sluice_cache_entries{tier=\"semantic\"}"),
-        3.0,
+        "3",
         "{m}"
     );
     // The hit is recorded under its model, served by `cache`, and its original cost is saved.
@@ -348,7 +348,7 @@ async fn a_near_duplicate_is_a_semantic_hit_within_its_tenant_only() {
             &m,
             "sluice_requests_total{route=\"/v1/chat/completions\",model=\"gpt\",provider=\"cache\",status=\"200\"}"
         ),
-        1.0,
+        "1",
         "{m}"
     );
     let usage = &original["usage"];
@@ -356,7 +356,9 @@ async fn a_near_duplicate_is_a_semantic_hit_within_its_tenant_only() {
         + usage["completion_tokens"].as_f64().unwrap())
         * 1000.0
         / 1e6;
-    let saved = sample(&m, "sluice_cache_saved_usd_total{model=\"gpt\"}");
+    let saved: f64 = sample(&m, "sluice_cache_saved_usd_total{model=\"gpt\"}")
+        .parse()
+        .unwrap();
     assert!((saved - cost).abs() < 1e-9, "saved {saved}, cost {cost}");
     assert!(
         m.lines().any(
