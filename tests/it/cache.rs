@@ -384,7 +384,7 @@ async fn a_regenerate_after_a_semantic_hit_is_learned_and_stored_fresh() {
     let m = metrics(&app).await;
     assert_eq!(
         sample(&m, "sluice_cache_semantic_learned_total"),
-        1.0,
+        "1",
         "{m}"
     );
     // Its own fresh answer is what it gets from now on.
