@@ -40,6 +40,8 @@ pub struct Inner {
     pub sessions: Option<Arc<crate::sessions::service::Sessions>>,
     /// The exact response cache, when enabled.
     pub cache: Option<crate::cache::exact::ExactCache>,
+    /// RAG evaluation: the evaluator, the online sampler and its metrics.
+    pub rag: crate::eval::online::Rag,
 }
 
 impl AppState {
@@ -73,7 +75,16 @@ impl AppState {
         if let Some(cache) = &cache {
             cache.metrics.register(obs.metrics.registry_mut());
         }
-        Ok(Self(Arc::new(Inner {
+        let rag = crate::eval::online::Rag::new(
+            &config.evaluation,
+            config
+                .request_log
+                .enabled
+                .then_some(config.request_log.path.as_path()),
+            obs.metrics.registry_mut(),
+        )
+        .map_err(crate::InitError::State)?;
+        let state = Self(Arc::new(Inner {
             providers: Providers::from_config(config, &tasks)?,
             obs,
             shutdown,
@@ -88,7 +99,10 @@ impl AppState {
             control,
             sessions,
             cache,
-        })))
+            rag,
+        }));
+        state.rag.start(&state);
+        Ok(state)
     }
 }
 

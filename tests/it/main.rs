@@ -19,6 +19,7 @@ mod common;
 mod errors;
 mod load;
 mod observability;
+mod rag;
 mod replicas;
 mod sdk;
 mod sessions;
