@@ -15,11 +15,13 @@
 //!
 //! Definitions and citations: `docs/RAG_EVALUATION.md`.
 
+pub mod cli;
 pub mod config;
 pub mod judge;
 pub mod metrics;
 pub mod online;
 pub mod rag;
+pub mod report;
 pub mod store;
 
 pub use config::EvaluationConfig;

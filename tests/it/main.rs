@@ -20,6 +20,7 @@ mod errors;
 mod load;
 mod observability;
 mod rag;
+mod rag_cli;
 mod replicas;
 mod sdk;
 mod sessions;
