@@ -17,6 +17,7 @@ mod chat_stream;
 mod cli;
 mod common;
 mod errors;
+mod halueval;
 mod load;
 mod observability;
 mod rag;
