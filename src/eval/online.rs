@@ -468,8 +468,13 @@ async fn worker(
         };
         let Some(state) = state.upgrade() else { break };
         let tasks = state.tasks.clone();
+        let stop = stop.clone();
         tasks.spawn(async move {
-            evaluate(&state, job).await;
+            // Shutdown does not wait for judges: an evaluation still running is abandoned.
+            tokio::select! {
+                () = evaluate(&state, job) => {}
+                () = stop.cancelled() => {}
+            }
             drop(permit);
         });
     }
