@@ -40,6 +40,8 @@ pub struct Inner {
     pub sessions: Option<Arc<crate::sessions::service::Sessions>>,
     /// The response cache, when enabled.
     pub cache: Option<Arc<crate::cache::Cache>>,
+    /// RAG evaluation: the evaluator, the online sampler and its metrics.
+    pub rag: crate::eval::online::Rag,
 }
 
 impl AppState {
@@ -72,6 +74,15 @@ impl AppState {
         if let Some(cache) = &cache {
             cache.metrics.register(obs.metrics.registry_mut());
         }
+        let rag = crate::eval::online::Rag::new(
+            &config.evaluation,
+            config
+                .request_log
+                .enabled
+                .then_some(config.request_log.path.as_path()),
+            obs.metrics.registry_mut(),
+        )
+        .map_err(crate::InitError::State)?;
         let state = Self(Arc::new(Inner {
             providers: Providers::from_config(config, &tasks)?,
             obs,
@@ -87,10 +98,12 @@ impl AppState {
             control,
             sessions,
             cache,
+            rag,
         }));
         if let Some(cache) = &state.cache {
             cache.bind(&state);
         }
+        state.rag.start(&state);
         Ok(state)
     }
 }

@@ -83,9 +83,15 @@ pub async fn get_request(
         .await
         .map_err(|e| GatewayError::Internal(format!("request log lookup: {e}")))?;
     match record {
-        Some(r) => Ok(Json(
-            serde_json::to_value(r).map_err(|e| GatewayError::Internal(e.to_string()))?,
-        )),
+        Some(r) => {
+            let mut v =
+                serde_json::to_value(r).map_err(|e| GatewayError::Internal(e.to_string()))?;
+            // Online RAG evaluation scores of this request, when it was sampled.
+            if let Some(rag) = state.rag.stored(id).await {
+                v["rag"] = rag;
+            }
+            Ok(Json(v))
+        }
         None => Err(GatewayError::NotFound(format!(
             "no recorded request with id `{id}`"
         ))),

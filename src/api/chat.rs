@@ -32,6 +32,7 @@ pub async fn create_chat_completion(
             Some("messages"),
         ));
     }
+    let rag = state.rag.hook(&mut req)?;
     // A session turn: the history goes in front of the new messages (before admission, so token
     // limits count it).
     let turn = sessions::join(&state, &ctx, &mut req).await?;
@@ -55,6 +56,9 @@ pub async fn create_chat_completion(
     let call = std::sync::Arc::clone(&ctx.call);
     if !req.is_stream() {
         let reply = route.chat(req, ctx).await?;
+        if let Some(rag) = rag {
+            rag.answered(&state, &call, &reply);
+        }
         cache.store_chat(route, &reply).await;
         if let Some(turn) = turn {
             let usage = reply.usage;
@@ -66,7 +70,10 @@ pub async fn create_chat_completion(
     }
     let wants_usage = req.wants_usage();
     ctx.call.keep_prompt(&req.messages);
-    let stream = route.chat_stream(req, ctx).await?;
+    let mut stream = route.chat_stream(req, ctx).await?;
+    if let Some(rag) = rag {
+        stream = rag.watch(&state, std::sync::Arc::clone(&call), stream);
+    }
     let stream = match turn {
         Some(turn) => record_stream(turn, stream, route.price),
         None => cache.record_chat_stream(route, stream),

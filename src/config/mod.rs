@@ -99,6 +99,9 @@ pub struct RawConfig {
     /// Response caching.
     #[serde(default)]
     pub cache: crate::cache::CacheConfig,
+    /// RAG evaluation.
+    #[serde(default)]
+    pub evaluation: crate::eval::EvaluationConfig,
 }
 
 /// `[admin]`: the admin API is denied unless a key is configured.
@@ -136,6 +139,8 @@ pub struct Config {
     pub sessions: crate::sessions::config::SessionsConfig,
     /// `[cache]`.
     pub cache: crate::cache::CacheConfig,
+    /// `[evaluation]`.
+    pub evaluation: crate::eval::EvaluationConfig,
     /// Where the configuration came from, for messages.
     pub origin: String,
 }
@@ -275,7 +280,11 @@ impl RawConfig {
             )));
         }
         self.cache.validate(self.models.keys()).map_err(invalid)?;
+        self.evaluation
+            .validate(|m| self.models.contains_key(m))
+            .map_err(|e| invalid(format!("evaluation.{e}")))?;
         Ok(Config {
+            evaluation: self.evaluation,
             cache: self.cache,
             sessions: self.sessions,
             config_keys,
