@@ -19,6 +19,26 @@ const SCALE: f32 = 127.0;
 /// Candidates returned by a search, best first.
 const TOP_K: usize = 4;
 
+/// Scopes up to this many entries are scanned exactly. Larger ones are first shortlisted by the
+/// Hamming distance of one-bit sign sketches (`dims / 8` bytes per entry, ~10× less memory traffic
+/// than the `i8` vectors); the shortlist gets the exact comparison. A near duplicate (cosine ≥ 0.8)
+/// differs from the query in far fewer signs than unrelated entries, so it makes the shortlist; the
+/// shortlist can only cost a missed hit, never a wrong one (the decision uses the exact similarity).
+const EXACT_SCAN_LIMIT: usize = 4096;
+
+/// Entries of a large scope compared exactly.
+const SHORTLIST: usize = 256;
+
+/// The sign sketch of `v`: bit `i` set when component `i` is positive.
+fn sketch(v: &[f32], out: &mut [u64]) {
+    out.fill(0);
+    for (i, x) in v.iter().enumerate() {
+        if *x > 0.0 {
+            out[i / 64] |= 1 << (i % 64);
+        }
+    }
+}
+
 /// A scope: only entries of the same scope are compared.
 pub type Scope = [u8; 32];
 
@@ -45,6 +65,8 @@ struct Slot<P> {
 
 struct Inner<P> {
     vectors: Vec<i8>,
+    /// One sign bit per dimension, per slot: the shortlist of large scopes.
+    sketches: Vec<u64>,
     slots: Vec<Option<Slot<P>>>,
     free: Vec<u32>,
     /// Insertion order, for eviction: (slot, entry id).
@@ -102,6 +124,7 @@ impl<P: Clone> Index<P> {
             max_entries: max_entries.max(1),
             inner: RwLock::new(Inner {
                 vectors: Vec::new(),
+                sketches: Vec::new(),
                 slots: Vec::new(),
                 free: Vec::new(),
                 order: VecDeque::new(),
@@ -134,9 +157,10 @@ impl<P: Clone> Index<P> {
         self.len() == 0
     }
 
-    /// Bytes of vectors held (the arena, including free slots).
+    /// Bytes of vectors and sketches held (the arenas, including free slots).
     pub fn vector_bytes(&self) -> usize {
-        self.read().vectors.len()
+        let inner = self.read();
+        inner.vectors.len() + inner.sketches.len() * 8
     }
 
     /// Adds an entry (a unit vector of `dims` floats) and returns its id; evicts the oldest entries
@@ -182,10 +206,16 @@ impl<P: Clone> Index<P> {
             let slot = u32::try_from(inner.slots.len()).ok()?;
             inner.slots.push(None);
             inner.vectors.resize(inner.vectors.len() + self.dims, 0);
+            inner
+                .sketches
+                .resize(inner.sketches.len() + self.sketch_words(), 0);
             slot
         };
         let start = slot as usize * self.dims;
         quantize(vector, &mut inner.vectors[start..start + self.dims]);
+        let words = self.sketch_words();
+        let start = slot as usize * words;
+        sketch(vector, &mut inner.sketches[start..start + words]);
         let id = inner.next_id;
         inner.next_id += 1;
         inner.slots[slot as usize] = Some(Slot {
@@ -214,6 +244,13 @@ impl<P: Clone> Index<P> {
         let Some(slots) = inner.scopes.get(scope) else {
             return Vec::new();
         };
+        let shortlist;
+        let slots: &[u32] = if slots.len() > EXACT_SCAN_LIMIT {
+            shortlist = self.shortlist(&inner, slots, query);
+            &shortlist
+        } else {
+            slots
+        };
         let mut best: Vec<(f32, u32)> = Vec::with_capacity(TOP_K + 1);
         for &slot in slots {
             let start = slot as usize * self.dims;
@@ -224,6 +261,12 @@ impl<P: Clone> Index<P> {
             let similarity =
                 dot(&q, &inner.vectors[start..start + self.dims]) as f32 / (SCALE * SCALE);
             if similarity < floor || (best.len() == TOP_K && similarity <= best[TOP_K - 1].0) {
+                continue;
+            }
+            if inner.slots[slot as usize]
+                .as_ref()
+                .is_none_or(|s| s.expires_at <= now)
+            {
                 continue;
             }
             let at = best.partition_point(|(s, _)| *s >= similarity);
@@ -241,6 +284,35 @@ impl<P: Clone> Index<P> {
                 })
             })
             .collect()
+    }
+
+    /// The `SHORTLIST` slots whose sign sketches are nearest (Hamming) to the query's: the candidates
+    /// of a large scope that get the exact `i8` comparison.
+    fn shortlist(&self, inner: &Inner<P>, slots: &[u32], query: &[f32]) -> Vec<u32> {
+        let words = self.sketch_words();
+        let mut q = vec![0_u64; words];
+        sketch(query, &mut q);
+        let mut heap: std::collections::BinaryHeap<(u32, u32)> =
+            std::collections::BinaryHeap::with_capacity(SHORTLIST + 1);
+        for &slot in slots {
+            let start = slot as usize * words;
+            let distance: u32 = inner.sketches[start..start + words]
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| (a ^ b).count_ones())
+                .sum();
+            if heap.len() < SHORTLIST {
+                heap.push((distance, slot));
+            } else if heap.peek().is_some_and(|(worst, _)| distance < *worst) {
+                heap.pop();
+                heap.push((distance, slot));
+            }
+        }
+        heap.into_iter().map(|(_, slot)| slot).collect()
+    }
+
+    fn sketch_words(&self) -> usize {
+        self.dims.div_ceil(64)
     }
 
     /// Raises entry `id`'s threshold to at least `threshold` (capped at 1); false when it is gone.
@@ -366,10 +438,45 @@ mod tests {
             .collect();
         got.sort_unstable();
         assert_eq!(got, vec![2, 3]);
-        assert_eq!(index.vector_bytes(), 4, "slots are reused");
+        assert_eq!(index.vector_bytes(), 2 * (2 + 8), "slots are reused");
         let past = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
         index.insert([9; 32], &v, 0.9, past, 4);
         assert!(index.search(&[9; 32], &v, 0.0).is_empty());
+    }
+
+    /// A deterministic pseudo-random unit vector.
+    fn noise(seed: u64, dims: usize) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..dims)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                f32::from(u16::try_from(x % 2001).unwrap()) / 1000.0 - 1.0
+            })
+            .collect();
+        unit(&v)
+    }
+
+    #[test]
+    fn a_large_scope_still_finds_near_duplicates_through_the_shortlist() {
+        let dims = 384;
+        let index = Index::new(dims, 20_000);
+        for i in 0..(EXACT_SCAN_LIMIT as u64 * 3) {
+            index.insert([0; 32], &noise(i, dims), 0.9, later(), i);
+        }
+        for target in [5_u64, 777, 12_000] {
+            // The stored vector plus noise: cosine about 0.85 to 0.9.
+            let query: Vec<f32> = noise(target, dims)
+                .iter()
+                .zip(noise(target + 1_000_000, dims))
+                .map(|(a, b)| a + 0.5 * b)
+                .collect();
+            let query = unit(&query);
+            let found = index.search(&[0; 32], &query, 0.0);
+            assert_eq!(found[0].payload, target, "{:?}", found[0].similarity);
+            assert!(found[0].similarity > 0.8, "{}", found[0].similarity);
+        }
     }
 
     #[test]
