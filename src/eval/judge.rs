@@ -25,8 +25,8 @@ use crate::telemetry::call::{Call, Operation, RequestParams};
 /// The first line of every judge prompt, followed by the kind.
 pub const MARKER: &str = "### sluice-judge: ";
 
-/// Longest judge reply, in tokens.
-const JUDGE_MAX_TOKENS: u32 = 2048;
+/// Longest judge reply, in tokens (also what admission reserves per planned judge call).
+pub const JUDGE_MAX_TOKENS: u32 = 2048;
 
 /// Which judgment a prompt asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,10 +277,12 @@ impl JudgeError {
     }
 }
 
-/// What the judge cost one evaluation: calls made, replies taken from the cache, and the cost of the
-/// calls whose model has a price.
+/// What the judge cost one evaluation: calls made, replies taken from the cache, tokens, and the cost
+/// of the calls whose model has a price; and on whose behalf the judge runs (the caller's key id, for
+/// the judge calls' records and to keep one tenant's cached judgments from another).
 #[derive(Debug, Default)]
 pub struct Tally {
+    key_id: Option<Arc<str>>,
     inner: Mutex<TallyData>,
 }
 
@@ -288,22 +290,43 @@ pub struct Tally {
 struct TallyData {
     calls: u64,
     cached: u64,
+    tokens: u64,
     cost: Decimal,
     priced: bool,
 }
 
 impl Tally {
-    fn add(&self, cached: bool, cost: Option<Decimal>) {
+    /// The tally of an evaluation made for the key `key_id` (`None`: anonymous, or the gateway itself).
+    pub fn for_caller(key_id: Option<&str>) -> Self {
+        Self {
+            key_id: key_id.map(Arc::from),
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The caller's key id.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
+    }
+
+    fn add(&self, cached: bool, tokens: u64, cost: Option<Decimal>) {
         let mut d = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if cached {
             d.cached += 1;
         } else {
             d.calls += 1;
         }
+        d.tokens = d.tokens.saturating_add(tokens);
         if let Some(c) = cost {
             d.cost += c;
             d.priced = true;
         }
+    }
+
+    /// Tokens (input + output) and cost of the judge calls made so far (`None`: no call had a price).
+    pub fn spent(&self) -> (u64, Option<Decimal>) {
+        let d = *self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (d.tokens, d.priced.then_some(d.cost))
     }
 
     /// `{calls, cached, cost_usd}` (`cost_usd` null when no call had a known price).
@@ -366,7 +389,7 @@ impl Judges {
             && let Some(text) = cache.get(&key).await
             && let Some(v) = extract_json(&text)
         {
-            tally.add(true, None);
+            tally.add(true, 0, None);
             return Ok(v);
         }
         let text = self.call(model, messages, tally).await?;
@@ -404,6 +427,9 @@ impl Judges {
             .await
             .map_err(|_| JudgeError::Failed("the judge is closed".to_owned()))?;
         let call = Call::internal("rag_judge");
+        if let Some(key) = tally.key_id() {
+            call.set_key_id(key);
+        }
         let params = RequestParams {
             temperature: Some(0.0),
             top_p: None,
@@ -435,8 +461,12 @@ impl Judges {
                 e.status().as_u16()
             }
         };
-        let cost = call.finish(status, true, &state.obs).and_then(|f| f.cost);
-        tally.add(false, cost);
+        let finished = call.finish(status, true, &state.obs);
+        let tokens = finished
+            .as_ref()
+            .and_then(|f| f.usage)
+            .map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
+        tally.add(false, tokens, finished.and_then(|f| f.cost));
         let reply = result.map_err(|e| JudgeError::from_gateway(&e))?;
         Ok(reply
             .choices

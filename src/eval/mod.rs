@@ -71,6 +71,14 @@ impl Metric {
         Self::ALL.into_iter().find(|m| m.as_str() == name)
     }
 
+    /// Judge calls the metric makes for one sample at most (faithfulness: statements, then verdicts).
+    pub fn judge_calls(self) -> u64 {
+        match self {
+            Self::Faithfulness => 2,
+            _ => 1,
+        }
+    }
+
     /// Every wire name, comma-separated, for error messages.
     pub fn names() -> String {
         Self::ALL

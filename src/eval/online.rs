@@ -484,7 +484,8 @@ async fn evaluate(state: &AppState, job: Job) {
     let rag = &state.rag;
     let Some(sampler) = &rag.sampler else { return };
     let metrics = rag.evaluator.default_metrics(false);
-    let tally = Tally::default();
+    // Online judge calls are the gateway's own, charged to no key (see docs/RAG_EVALUATION.md).
+    let tally = Tally::for_caller(None);
     let evaluation = rag
         .evaluator
         .evaluate(&sampler.judge, &job.sample, &metrics, &tally)

@@ -430,3 +430,101 @@ async fn a_malformed_extension_is_a_400_and_a_full_queue_sheds() {
     let shed = m["sluice_rag_shed_total{}"];
     assert!(shed >= 2.0, "{m:?}");
 }
+
+async fn create_key(app: &TestApp, body: Value) -> (String, String) {
+    let resp = app
+        .client
+        .post(app.url("/admin/keys"))
+        .bearer_auth(UPSTREAM_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    (
+        created["key"]["id"].as_str().unwrap().to_owned(),
+        created["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn evaluate_as(app: &TestApp, secret: &str, body: &Value) -> (u16, Value) {
+    let resp = app
+        .client
+        .post(app.url("/v1/evaluations/rag"))
+        .bearer_auth(secret)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// The key's spend once nothing is reserved any more (the request's admission settles when it ends).
+async fn settled_spend(app: &TestApp, id: &str) -> Value {
+    let poll = async {
+        loop {
+            let key: Value = app
+                .client
+                .get(app.url(&format!("/admin/keys/{id}")))
+                .bearer_auth(UPSTREAM_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if key["spend"]["reserved_usd"] == "0" {
+                break key["spend"].clone();
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the evaluation's admission settled")
+}
+
+#[tokio::test]
+async fn evaluations_are_admitted_and_charged_against_the_callers_key() {
+    let (app, judge, _up) = start("").await;
+    let mut body = sample();
+    body["metrics"] = json!(["faithfulness", "context_relevance"]);
+    // rpm = 1: one evaluation, then 429; its judge calls are charged to the key's budget.
+    let (id, secret) = create_key(
+        &app,
+        json!({"name": "eval", "limits": {"rpm": 1}, "budget": {"usd": "10", "period": "total"}}),
+    )
+    .await;
+    let (status, out) = evaluate_as(&app, &secret, &body).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["judge"]["calls"], 3, "{out}");
+    let cost = out["judge"]["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{out}");
+    let settled = settled_spend(&app, &id).await;
+    let spent: f64 = settled["spent_usd"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (spent - cost).abs() < 1e-9,
+        "spent {settled} vs judge cost {out}"
+    );
+    let (status, out) = evaluate_as(&app, &secret, &body).await;
+    assert_eq!(status, 429, "{out}");
+    assert_eq!(judge.calls(), 3, "a refused evaluation calls no judge");
+
+    // A budget smaller than what the evaluation reserves refuses it up front.
+    let (_, poor) = create_key(
+        &app,
+        json!({"name": "poor", "budget": {"usd": "0.001", "period": "total"}}),
+    )
+    .await;
+    let (status, out) = evaluate_as(&app, &poor, &body).await;
+    assert_eq!(status, 429, "{out}");
+    assert_eq!(out["error"]["code"], "insufficient_quota", "{out}");
+    assert_eq!(judge.calls(), 3);
+    let m = scrape(&app).await;
+    assert_eq!(
+        m.get("sluice_ratelimit_rejections_total{limit=requests,scope=key}"),
+        Some(&1.0),
+        "{m:?}"
+    );
+}
