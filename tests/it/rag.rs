@@ -381,8 +381,18 @@ async fn sampled_chat_traffic_is_evaluated_off_the_request_path() {
         .sum::<f64>();
     assert!((judge_calls - 5.0).abs() < f64::EPSILON, "{m:?}");
     assert!(m["sluice_cost_usd_total{model=judge}"] > 0.0, "{m:?}");
-    // The request log shows the request with its scores.
+    // The request log shows the request with its scores, and (bodies not captured) no content.
     app.wait_finished(2).await;
+    let one = logged(&app, &id).await;
+    let faithfulness = one["rag"]["scores"]["faithfulness"].as_f64().unwrap();
+    assert!((faithfulness - 1.0).abs() < 1e-9, "{one}");
+    assert_eq!(one["rag"]["judge_model"], "judge");
+    assert!(one["rag"].get("details").is_none(), "{one}");
+    assert!(!one["rag"].to_string().contains("Hello from"), "{one}");
+}
+
+/// `GET /admin/requests/{id}` once the request log has the request.
+async fn logged(app: &TestApp, id: &str) -> Value {
     let lookup = async {
         loop {
             let resp = app
@@ -400,12 +410,40 @@ async fn sampled_chat_traffic_is_evaluated_off_the_request_path() {
             tokio::task::yield_now().await;
         }
     };
-    let one = tokio::time::timeout(Duration::from_secs(10), lookup)
+    tokio::time::timeout(Duration::from_secs(10), lookup)
         .await
-        .expect("the request reached the request log");
-    let faithfulness = one["rag"]["scores"]["faithfulness"].as_f64().unwrap();
-    assert!((faithfulness - 1.0).abs() < 1e-9, "{one}");
-    assert_eq!(one["rag"]["judge_model"], "judge");
+        .expect("the request reached the request log")
+}
+
+#[tokio::test]
+async fn captured_online_details_are_stored_redacted() {
+    let (app, _judge, _up) =
+        start("sample_rate = 1.0\n\n[request_log]\ncapture_bodies = true\n").await;
+    let mut body = rag_chat(false);
+    body["messages"][0]["content"] =
+        json!("Who sent this greeting? My api_key=sk-abcdefghijklmnopqrstuvwxyz0123456789");
+    let resp = app.post("/v1/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(
+        app.state
+            .rag
+            .wait_evaluated(1, Duration::from_secs(10))
+            .await
+    );
+    app.wait_finished(1).await;
+    let one = logged(&app, &id).await;
+    let details = &one["rag"]["details"];
+    assert_eq!(
+        details["faithfulness"]["statements"][0]["text"], "Hello from the mock upstream.",
+        "{one}"
+    );
+    assert!(
+        !one["rag"]
+            .to_string()
+            .contains("sk-abcdefghijklmnopqrstuvwxyz"),
+        "{one}"
+    );
 }
 
 #[tokio::test]
