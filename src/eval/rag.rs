@@ -265,7 +265,7 @@ impl Evaluator {
         details["embedder"] = json!(embedder.id());
         if questions.is_empty() {
             details["generated_questions"] = json!([]);
-            return Ok(None);
+            return Ok(metrics::answer_relevancy(&[], noncommittal));
         }
         let mut texts = Vec::with_capacity(questions.len() + 1);
         texts.push(s.question.clone());

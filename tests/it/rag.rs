@@ -144,7 +144,16 @@ async fn an_answer_without_statements_scores_null_not_zero() {
             .contains_key("faithfulness")
     );
     assert_eq!(out["details"]["faithfulness"]["statements"], json!([]));
-    // Noncommittal: answer relevancy is 0 by definition.
+    // Noncommittal: answer relevancy is 0 by definition, even though the judge generated no question.
+    assert_eq!(
+        out["details"]["answer_relevancy"]["generated_questions"],
+        json!([]),
+        "{out}"
+    );
+    assert_eq!(
+        out["details"]["answer_relevancy"]["noncommittal"], 1,
+        "{out}"
+    );
     assert!(close(&out["scores"]["answer_relevancy"], 0.0), "{out}");
 }
 
