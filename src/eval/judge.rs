@@ -384,7 +384,7 @@ impl Judges {
         tally: &Tally,
     ) -> Result<Value, JudgeError> {
         let messages = prompt(kind, input);
-        let key = cache_key(model, &messages);
+        let key = cache_key(model, tally.key_id(), &messages);
         if let Some(cache) = &self.cache
             && let Some(text) = cache.get(&key).await
             && let Some(v) = extract_json(&text)
@@ -476,9 +476,20 @@ impl Judges {
     }
 }
 
-fn cache_key(model: &str, messages: &[ChatMessage]) -> [u8; 32] {
+/// The cache key of a judgment: the caller's key id is part of it, so one tenant never gets (or learns of,
+/// through `judge.cached`) another tenant's judgments of the same text.
+fn cache_key(model: &str, key_id: Option<&str>, messages: &[ChatMessage]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(model.as_bytes());
+    h.update([0]);
+    // 1 + id for a key, 0 for none: no key id can collide with "no key".
+    match key_id {
+        Some(id) => {
+            h.update([1]);
+            h.update(id.as_bytes());
+        }
+        None => h.update([0]),
+    }
     h.update([0]);
     for m in messages {
         h.update(m.role.as_bytes());

@@ -568,6 +568,14 @@ async fn evaluations_are_admitted_and_charged_against_the_callers_key() {
     assert_eq!(status, 429, "{out}");
     assert_eq!(out["error"]["code"], "insufficient_quota", "{out}");
     assert_eq!(judge.calls(), 3);
+    // Another tenant evaluating the same text gets no cached judgment of the first one's.
+    let (_, other) = create_key(&app, json!({"name": "other"})).await;
+    let (status, out) = evaluate_as(&app, &other, &body).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["judge"]["cached"], 0, "{out}");
+    assert_eq!(out["judge"]["calls"], 3, "{out}");
+    let (_, again) = evaluate_as(&app, &other, &body).await;
+    assert_eq!(again["judge"]["cached"], 3, "{again}");
     let m = scrape(&app).await;
     assert_eq!(
         m.get("sluice_ratelimit_rejections_total{limit=requests,scope=key}"),
