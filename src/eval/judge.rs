@@ -235,6 +235,10 @@ pub enum JudgeError {
     /// The judge did not answer within `judge_timeout` (or the route's own timeout).
     #[error("judge timed out")]
     Timeout,
+    /// No judge slot (`max_judge_calls`) came free within `judge_timeout`, or one came free so late that
+    /// the call ran out of the same deadline.
+    #[error("judge busy: no judge slot free within judge_timeout")]
+    Busy,
     /// The judge's provider (or Sluice's own limits) said 429.
     #[error("judge rate limited (429): {0}")]
     RateLimited(String),
@@ -250,12 +254,13 @@ pub enum JudgeError {
 }
 
 impl JudgeError {
-    /// A short label for metrics (`malformed`, `timeout`, `rate_limited`, `failed`, `embedding`,
+    /// A short label for metrics (`malformed`, `timeout`, `busy`, `rate_limited`, `failed`, `embedding`,
     /// `unavailable`).
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Malformed(_) => "malformed",
             Self::Timeout => "timeout",
+            Self::Busy => "busy",
             Self::RateLimited(_) => "rate_limited",
             Self::Failed(_) => "failed",
             Self::Embedding(_) => "embedding",
@@ -349,18 +354,27 @@ pub struct Judges {
 }
 
 impl Judges {
-    /// At most `max_calls` judge calls at once, each within `timeout`; `cache_entries` replies kept for
-    /// `cache_ttl` (0 entries: no cache).
+    /// At most `max_calls` judge calls at once, each within `timeout` (slot wait included); at most
+    /// `cache_entries` replies and `cache_bytes` bytes of them kept for `cache_ttl` (0 entries: no cache).
     pub fn new(
         max_calls: usize,
         timeout: Duration,
         cache_entries: u64,
+        cache_bytes: u64,
         cache_ttl: Duration,
     ) -> Self {
+        // Weight = bytes, but at least bytes-per-entry of the budget: the total weight bound then caps
+        // both the bytes and the number of entries.
+        let min_weight = u32::try_from(cache_bytes / cache_entries.max(1)).unwrap_or(u32::MAX);
         Self {
-            cache: (cache_entries > 0).then(|| {
+            cache: (cache_entries > 0 && cache_bytes > 0).then(|| {
                 Cache::builder()
-                    .max_capacity(cache_entries)
+                    .max_capacity(cache_bytes)
+                    .weigher(move |_key: &[u8; 32], text: &Arc<str>| {
+                        u32::try_from(text.len().saturating_add(64))
+                            .unwrap_or(u32::MAX)
+                            .max(min_weight)
+                    })
                     .time_to_live(cache_ttl)
                     .build()
             }),
@@ -375,34 +389,47 @@ impl Judges {
         let _ = self.state.set(state.downgrade());
     }
 
-    /// Asks `model` for a `kind` judgment of `input`; the reply's JSON object.
-    pub async fn ask(
+    /// Asks `model` for a `kind` judgment of `input` and reads the reply's JSON object with `parse`.
+    ///
+    /// A reply is cached only once `parse` accepted it (a malformed reply is asked again next time), and
+    /// concurrent askers of the same uncached judgment share one judge call (they count as cached).
+    pub async fn ask<T>(
         &self,
         model: &str,
         kind: Kind,
         input: &Value,
         tally: &Tally,
-    ) -> Result<Value, JudgeError> {
+        parse: impl Fn(&Value) -> Result<T, JudgeError>,
+    ) -> Result<T, JudgeError> {
         let messages = prompt(kind, input);
+        let read = |text: &str| {
+            let value = extract_json(text).ok_or_else(|| {
+                JudgeError::Malformed(format!(
+                    "no JSON object in the reply to the {} prompt",
+                    kind.as_str()
+                ))
+            })?;
+            parse(&value)
+        };
+        let Some(cache) = &self.cache else {
+            let text = self.call(model, messages, tally).await?;
+            return read(&text);
+        };
         let key = cache_key(model, tally.key_id(), &messages);
-        if let Some(cache) = &self.cache
-            && let Some(text) = cache.get(&key).await
-            && let Some(v) = extract_json(&text)
-        {
+        let called = std::sync::atomic::AtomicBool::new(false);
+        let text = cache
+            .try_get_with(key, async {
+                called.store(true, std::sync::atomic::Ordering::Relaxed);
+                let text = self.call(model, messages, tally).await?;
+                read(&text)?;
+                Ok::<_, JudgeError>(Arc::<str>::from(text))
+            })
+            .await
+            .map_err(|e| JudgeError::clone(&e))?;
+        if !called.load(std::sync::atomic::Ordering::Relaxed) {
             tally.add(true, 0, None);
-            return Ok(v);
         }
-        let text = self.call(model, messages, tally).await?;
-        let value = extract_json(&text).ok_or_else(|| {
-            JudgeError::Malformed(format!(
-                "no JSON object in the reply to the {} prompt",
-                kind.as_str()
-            ))
-        })?;
-        if let Some(cache) = &self.cache {
-            cache.insert(key, Arc::from(text)).await;
-        }
-        Ok(value)
+        read(&text)
     }
 
     async fn call(
@@ -421,11 +448,16 @@ impl Judges {
             .route(model)
             .map_err(|e| JudgeError::Unavailable(e.to_string()))?
             .clone();
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| JudgeError::Failed("the judge is closed".to_owned()))?;
+        // One deadline covers the wait for a judge slot and the call: a judge saturated by other
+        // evaluations fails the metric with `judge busy` instead of waiting without end.
+        let asked = tokio::time::Instant::now();
+        let deadline = asked + self.timeout;
+        let Ok(permit) = tokio::time::timeout_at(deadline, self.permits.acquire()).await else {
+            return Err(JudgeError::Busy);
+        };
+        // A slot that came free only in the second half of the deadline: a timeout then is the wait's.
+        let waited_long = asked.elapsed() >= self.timeout / 2;
+        let _permit = permit.map_err(|_| JudgeError::Failed("the judge is closed".to_owned()))?;
         let call = Call::internal("rag_judge");
         if let Some(key) = tally.key_id() {
             call.set_key_id(key);
@@ -447,8 +479,13 @@ impl Judges {
             max_tokens: Some(JUDGE_MAX_TOKENS),
             ..ChatRequest::default()
         };
-        let result = match tokio::time::timeout(self.timeout, route.chat(req, ctx)).await {
+        let result = match tokio::time::timeout_at(deadline, route.chat(req, ctx)).await {
             Ok(r) => r,
+            Err(_elapsed) if waited_long => {
+                call.finish(504, false, &state.obs);
+                tally.add(false, 0, None);
+                return Err(JudgeError::Busy);
+            }
             Err(_elapsed) => Err(GatewayError::UpstreamTimeout {
                 provider: route.provider.name().to_owned(),
                 phase: "judge",

@@ -583,3 +583,58 @@ async fn evaluations_are_admitted_and_charged_against_the_callers_key() {
         "{m:?}"
     );
 }
+
+#[tokio::test]
+async fn malformed_replies_are_not_cached_and_identical_judgments_share_one_call() {
+    let (app, judge, _up) = start("").await;
+    let mut body = sample();
+    body["metrics"] = json!(["context_relevance"]);
+    judge.set_mode(Some("context_relevance"), Mode::Malformed);
+    let (_, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert!(out["errors"]["context_relevance"].is_string(), "{out}");
+    // The judge recovers: the malformed reply was not cached, so it is asked again.
+    judge.set_mode(Some("context_relevance"), Mode::Normal);
+    let (_, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert!(close(&out["scores"]["context_relevance"], 0.5), "{out}");
+    assert_eq!(out["judge"]["calls"], 1, "{out}");
+    assert_eq!(judge.calls(), 2);
+    // Two identical samples in one batch run at once: one judge call each step, the twin waits for it.
+    let twin = json!({"items": [sample(), sample()], "metrics": ["faithfulness"]});
+    let (status, out) = app.post_json("/v1/evaluations/rag", &twin).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["judge"]["calls"], 2, "{out}");
+    assert_eq!(out["judge"]["cached"], 2, "{out}");
+    assert_eq!(judge.calls(), 4);
+}
+
+#[tokio::test]
+async fn a_saturated_judge_fails_waiting_metrics_as_busy_within_the_timeout() {
+    let (app, judge, _up) = start("max_judge_calls = 1\njudge_timeout = \"1s\"\n").await;
+    judge.set_mode(None, Mode::Hang);
+    let mut body = sample();
+    body["metrics"] = json!(["context_relevance", "context_precision"]);
+    let started = std::time::Instant::now();
+    let (status, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert_eq!(status, 200, "{out}");
+    let mut errors: Vec<&str> = out["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    errors.sort_unstable();
+    assert_eq!(
+        errors,
+        [
+            "judge busy: no judge slot free within judge_timeout",
+            "judge timed out"
+        ],
+        "{out}"
+    );
+    // One deadline for the wait and the call: both fail after about one judge_timeout, not two.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
