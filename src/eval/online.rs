@@ -522,8 +522,12 @@ async fn evaluate(state: &AppState, job: Job) {
         }
     }
     for (metric, error) in &evaluation.errors {
-        tracing::info!(request_id = %job.request_id, metric = metric.as_str(), error = %error,
+        // The message may quote the judge provider's error body: only its kind at info, the redacted
+        // text at debug.
+        tracing::info!(request_id = %job.request_id, metric = metric.as_str(), error = error.kind(),
             "online RAG metric failed");
+        tracing::debug!(request_id = %job.request_id, metric = metric.as_str(),
+            error = %crate::request_log::redact(&error.to_string()), "online RAG metric failure detail");
         rag.metrics
             .errors
             .get_or_create(&ErrorLabels {
