@@ -3,7 +3,7 @@
 //!
 //! - [`metrics`]: the pure formulas (ratios with null, rank-weighted average precision, normalisation,
 //!   bootstrap confidence intervals, AUC). No I/O.
-//! - [`judge`]: prompts per judgment, lenient JSON extraction, the [`judge::Judge`] that calls a
+//! - [`judge`]: prompts per judgment, lenient JSON extraction, the [`judge::Judges`] that calls a
 //!   configured model at temperature 0 as an internal, recorded call, with a bounded cache of replies.
 //! - [`rag`]: the evaluator: runs the requested metrics of one sample, keeps every intermediate
 //!   (statements, verdicts, reasons) and reports a per-metric error instead of a score when a judgment
