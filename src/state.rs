@@ -76,10 +76,7 @@ impl AppState {
         }
         let rag = crate::eval::online::Rag::new(
             &config.evaluation,
-            config
-                .request_log
-                .enabled
-                .then_some(config.request_log.path.as_path()),
+            &config.request_log,
             obs.metrics.registry_mut(),
         )
         .map_err(crate::InitError::State)?;

@@ -9,14 +9,17 @@ use axum::extract::State;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{Map, Value, json};
 
+use super::admit::admit;
 use super::extract::OpenAiJson;
+use crate::control::Estimate;
 use crate::error::GatewayError;
 use crate::eval::Metric;
-use crate::eval::judge::Tally;
+use crate::eval::judge::{JUDGE_MAX_TOKENS, Tally};
 use crate::eval::online::Limits;
 use crate::eval::rag::Sample;
 use crate::provider::CallContext;
 use crate::state::AppState;
+use crate::telemetry::call::{Operation, RequestParams};
 
 /// Samples of one batch evaluated at once (judge calls are bounded separately).
 const BATCH_CONCURRENCY: usize = 4;
@@ -50,8 +53,6 @@ pub async fn create_rag_evaluation(
         }
     }
     let judge = judge_model(&body, rag.evaluator.default_judge.as_deref())?;
-    state.control.permit(&ctx.caller, &judge)?;
-    state.providers.route(&judge)?;
     let requested = parse_metrics(body.get("metrics"))?;
     let samples = samples(&body, batch, &rag.limits)?;
     let mut plans = Vec::with_capacity(samples.len());
@@ -75,7 +76,21 @@ pub async fn create_rag_evaluation(
         };
         plans.push(metrics);
     }
-    let tally = Tally::default();
+    // The caller's limits and budget, and the judge model's, apply to the whole evaluation: one request
+    // (rpm, concurrency held until the answer is sent), reserving the judge calls it plans; the judge
+    // calls' real tokens and cost settle the admission when the request finishes.
+    ctx.call.begin(
+        Operation::Chat,
+        &judge,
+        false,
+        RequestParams {
+            temperature: Some(0.0),
+            top_p: None,
+            max_tokens: Some(JUDGE_MAX_TOKENS),
+        },
+    );
+    admit(&state, &ctx, &judge, || estimate(&judge, &samples, &plans)).await?;
+    let tally = Tally::for_caller(ctx.caller.key_id());
     let (judge_ref, tally_ref, evaluator) = (&judge, &tally, &rag.evaluator);
     let evaluations: Vec<Value> = stream::iter(samples.into_iter().zip(plans))
         .map(|(sample, metrics)| async move {
@@ -87,6 +102,8 @@ pub async fn create_rag_evaluation(
         .map(|e| e.to_json())
         .collect()
         .await;
+    let (tokens, cost) = tally.spent();
+    ctx.call.charge(tokens, cost);
     if batch {
         let data: Vec<Value> = evaluations
             .into_iter()
@@ -108,6 +125,36 @@ pub async fn create_rag_evaluation(
         out["judge_model"] = json!(judge);
         out["judge"] = tally.to_json();
         Ok(Json(out))
+    }
+}
+
+/// Prompt overhead of one judge call beyond the sample's text (instructions, system message, JSON).
+const PROMPT_OVERHEAD_TOKENS: u64 = 400;
+
+/// What admission reserves: every planned judge call with the whole sample as its input and the
+/// judge's output limit as its reply, an upper bound (cached judgments and short replies settle lower).
+fn estimate(judge: &str, samples: &[Sample], plans: &[Vec<Metric>]) -> Estimate {
+    let mut input = 0_u64;
+    let mut output = 0_u64;
+    for (sample, metrics) in samples.iter().zip(plans) {
+        let text = crate::usage::count_text(judge, &sample.question)
+            + crate::usage::count_text(judge, &sample.answer)
+            + sample
+                .contexts
+                .iter()
+                .map(|c| crate::usage::count_text(judge, c))
+                .sum::<u64>()
+            + sample
+                .reference
+                .as_deref()
+                .map_or(0, |r| crate::usage::count_text(judge, r));
+        let calls: u64 = metrics.iter().map(|m| m.judge_calls()).sum();
+        input = input.saturating_add(calls.saturating_mul(text + PROMPT_OVERHEAD_TOKENS));
+        output = output.saturating_add(calls.saturating_mul(u64::from(JUDGE_MAX_TOKENS)));
+    }
+    Estimate {
+        input_tokens: input,
+        max_output_tokens: Some(output),
     }
 }
 

@@ -31,8 +31,10 @@ pub struct EvaluationConfig {
     /// Longest one judge call may take before its metric fails with `judge timed out`.
     #[serde(with = "humantime_serde")]
     pub judge_timeout: Duration,
-    /// Judge replies cached (by a hash of model and prompt); 0 disables the cache.
+    /// Judge replies cached (by a hash of model, caller key and prompt); 0 disables the cache.
     pub cache_entries: u64,
+    /// Bytes of judge replies cached at most (with `cache_entries`, whichever bound is hit first).
+    pub cache_bytes: u64,
     /// How long a cached judge reply is reused.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
@@ -58,6 +60,7 @@ impl Default for EvaluationConfig {
             max_judge_calls: 8,
             judge_timeout: Duration::from_mins(1),
             cache_entries: 10_000,
+            cache_bytes: 64 * 1024 * 1024,
             cache_ttl: Duration::from_hours(1),
             questions_per_answer: 3,
             max_batch: 64,

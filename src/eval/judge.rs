@@ -25,8 +25,8 @@ use crate::telemetry::call::{Call, Operation, RequestParams};
 /// The first line of every judge prompt, followed by the kind.
 pub const MARKER: &str = "### sluice-judge: ";
 
-/// Longest judge reply, in tokens.
-const JUDGE_MAX_TOKENS: u32 = 2048;
+/// Longest judge reply, in tokens (also what admission reserves per planned judge call).
+pub const JUDGE_MAX_TOKENS: u32 = 2048;
 
 /// Which judgment a prompt asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +235,10 @@ pub enum JudgeError {
     /// The judge did not answer within `judge_timeout` (or the route's own timeout).
     #[error("judge timed out")]
     Timeout,
+    /// No judge slot (`max_judge_calls`) came free within `judge_timeout`, or one came free so late that
+    /// the call ran out of the same deadline.
+    #[error("judge busy: no judge slot free within judge_timeout")]
+    Busy,
     /// The judge's provider (or Sluice's own limits) said 429.
     #[error("judge rate limited (429): {0}")]
     RateLimited(String),
@@ -250,12 +254,13 @@ pub enum JudgeError {
 }
 
 impl JudgeError {
-    /// A short label for metrics (`malformed`, `timeout`, `rate_limited`, `failed`, `embedding`,
+    /// A short label for metrics (`malformed`, `timeout`, `busy`, `rate_limited`, `failed`, `embedding`,
     /// `unavailable`).
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Malformed(_) => "malformed",
             Self::Timeout => "timeout",
+            Self::Busy => "busy",
             Self::RateLimited(_) => "rate_limited",
             Self::Failed(_) => "failed",
             Self::Embedding(_) => "embedding",
@@ -277,10 +282,12 @@ impl JudgeError {
     }
 }
 
-/// What the judge cost one evaluation: calls made, replies taken from the cache, and the cost of the
-/// calls whose model has a price.
+/// What the judge cost one evaluation: calls made, replies taken from the cache, tokens, and the cost
+/// of the calls whose model has a price; and on whose behalf the judge runs (the caller's key id, for
+/// the judge calls' records and to keep one tenant's cached judgments from another).
 #[derive(Debug, Default)]
 pub struct Tally {
+    key_id: Option<Arc<str>>,
     inner: Mutex<TallyData>,
 }
 
@@ -288,22 +295,43 @@ pub struct Tally {
 struct TallyData {
     calls: u64,
     cached: u64,
+    tokens: u64,
     cost: Decimal,
     priced: bool,
 }
 
 impl Tally {
-    fn add(&self, cached: bool, cost: Option<Decimal>) {
+    /// The tally of an evaluation made for the key `key_id` (`None`: anonymous, or the gateway itself).
+    pub fn for_caller(key_id: Option<&str>) -> Self {
+        Self {
+            key_id: key_id.map(Arc::from),
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The caller's key id.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
+    }
+
+    fn add(&self, cached: bool, tokens: u64, cost: Option<Decimal>) {
         let mut d = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if cached {
             d.cached += 1;
         } else {
             d.calls += 1;
         }
+        d.tokens = d.tokens.saturating_add(tokens);
         if let Some(c) = cost {
             d.cost += c;
             d.priced = true;
         }
+    }
+
+    /// Tokens (input + output) and cost of the judge calls made so far (`None`: no call had a price).
+    pub fn spent(&self) -> (u64, Option<Decimal>) {
+        let d = *self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (d.tokens, d.priced.then_some(d.cost))
     }
 
     /// `{calls, cached, cost_usd}` (`cost_usd` null when no call had a known price).
@@ -326,18 +354,27 @@ pub struct Judges {
 }
 
 impl Judges {
-    /// At most `max_calls` judge calls at once, each within `timeout`; `cache_entries` replies kept for
-    /// `cache_ttl` (0 entries: no cache).
+    /// At most `max_calls` judge calls at once, each within `timeout` (slot wait included); at most
+    /// `cache_entries` replies and `cache_bytes` bytes of them kept for `cache_ttl` (0 entries: no cache).
     pub fn new(
         max_calls: usize,
         timeout: Duration,
         cache_entries: u64,
+        cache_bytes: u64,
         cache_ttl: Duration,
     ) -> Self {
+        // Weight = bytes, but at least bytes-per-entry of the budget: the total weight bound then caps
+        // both the bytes and the number of entries.
+        let min_weight = u32::try_from(cache_bytes / cache_entries.max(1)).unwrap_or(u32::MAX);
         Self {
-            cache: (cache_entries > 0).then(|| {
+            cache: (cache_entries > 0 && cache_bytes > 0).then(|| {
                 Cache::builder()
-                    .max_capacity(cache_entries)
+                    .max_capacity(cache_bytes)
+                    .weigher(move |_key: &[u8; 32], text: &Arc<str>| {
+                        u32::try_from(text.len().saturating_add(64))
+                            .unwrap_or(u32::MAX)
+                            .max(min_weight)
+                    })
                     .time_to_live(cache_ttl)
                     .build()
             }),
@@ -352,34 +389,47 @@ impl Judges {
         let _ = self.state.set(state.downgrade());
     }
 
-    /// Asks `model` for a `kind` judgment of `input`; the reply's JSON object.
-    pub async fn ask(
+    /// Asks `model` for a `kind` judgment of `input` and reads the reply's JSON object with `parse`.
+    ///
+    /// A reply is cached only once `parse` accepted it (a malformed reply is asked again next time), and
+    /// concurrent askers of the same uncached judgment share one judge call (they count as cached).
+    pub async fn ask<T>(
         &self,
         model: &str,
         kind: Kind,
         input: &Value,
         tally: &Tally,
-    ) -> Result<Value, JudgeError> {
+        parse: impl Fn(&Value) -> Result<T, JudgeError>,
+    ) -> Result<T, JudgeError> {
         let messages = prompt(kind, input);
-        let key = cache_key(model, &messages);
-        if let Some(cache) = &self.cache
-            && let Some(text) = cache.get(&key).await
-            && let Some(v) = extract_json(&text)
-        {
-            tally.add(true, None);
-            return Ok(v);
+        let read = |text: &str| {
+            let value = extract_json(text).ok_or_else(|| {
+                JudgeError::Malformed(format!(
+                    "no JSON object in the reply to the {} prompt",
+                    kind.as_str()
+                ))
+            })?;
+            parse(&value)
+        };
+        let Some(cache) = &self.cache else {
+            let text = self.call(model, messages, tally).await?;
+            return read(&text);
+        };
+        let key = cache_key(model, tally.key_id(), &messages);
+        let called = std::sync::atomic::AtomicBool::new(false);
+        let text = cache
+            .try_get_with(key, async {
+                called.store(true, std::sync::atomic::Ordering::Relaxed);
+                let text = self.call(model, messages, tally).await?;
+                read(&text)?;
+                Ok::<_, JudgeError>(Arc::<str>::from(text))
+            })
+            .await
+            .map_err(|e| JudgeError::clone(&e))?;
+        if !called.load(std::sync::atomic::Ordering::Relaxed) {
+            tally.add(true, 0, None);
         }
-        let text = self.call(model, messages, tally).await?;
-        let value = extract_json(&text).ok_or_else(|| {
-            JudgeError::Malformed(format!(
-                "no JSON object in the reply to the {} prompt",
-                kind.as_str()
-            ))
-        })?;
-        if let Some(cache) = &self.cache {
-            cache.insert(key, Arc::from(text)).await;
-        }
-        Ok(value)
+        read(&text)
     }
 
     async fn call(
@@ -398,12 +448,20 @@ impl Judges {
             .route(model)
             .map_err(|e| JudgeError::Unavailable(e.to_string()))?
             .clone();
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| JudgeError::Failed("the judge is closed".to_owned()))?;
+        // One deadline covers the wait for a judge slot and the call: a judge saturated by other
+        // evaluations fails the metric with `judge busy` instead of waiting without end.
+        let asked = tokio::time::Instant::now();
+        let deadline = asked + self.timeout;
+        let Ok(permit) = tokio::time::timeout_at(deadline, self.permits.acquire()).await else {
+            return Err(JudgeError::Busy);
+        };
+        // A slot that came free only in the second half of the deadline: a timeout then is the wait's.
+        let waited_long = asked.elapsed() >= self.timeout / 2;
+        let _permit = permit.map_err(|_| JudgeError::Failed("the judge is closed".to_owned()))?;
         let call = Call::internal("rag_judge");
+        if let Some(key) = tally.key_id() {
+            call.set_key_id(key);
+        }
         let params = RequestParams {
             temperature: Some(0.0),
             top_p: None,
@@ -421,8 +479,13 @@ impl Judges {
             max_tokens: Some(JUDGE_MAX_TOKENS),
             ..ChatRequest::default()
         };
-        let result = match tokio::time::timeout(self.timeout, route.chat(req, ctx)).await {
+        let result = match tokio::time::timeout_at(deadline, route.chat(req, ctx)).await {
             Ok(r) => r,
+            Err(_elapsed) if waited_long => {
+                call.finish(504, false, &state.obs);
+                tally.add(false, 0, None);
+                return Err(JudgeError::Busy);
+            }
             Err(_elapsed) => Err(GatewayError::UpstreamTimeout {
                 provider: route.provider.name().to_owned(),
                 phase: "judge",
@@ -435,8 +498,12 @@ impl Judges {
                 e.status().as_u16()
             }
         };
-        let cost = call.finish(status, true, &state.obs).and_then(|f| f.cost);
-        tally.add(false, cost);
+        let finished = call.finish(status, true, &state.obs);
+        let tokens = finished
+            .as_ref()
+            .and_then(|f| f.usage)
+            .map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
+        tally.add(false, tokens, finished.and_then(|f| f.cost));
         let reply = result.map_err(|e| JudgeError::from_gateway(&e))?;
         Ok(reply
             .choices
@@ -446,9 +513,20 @@ impl Judges {
     }
 }
 
-fn cache_key(model: &str, messages: &[ChatMessage]) -> [u8; 32] {
+/// The cache key of a judgment: the caller's key id is part of it, so one tenant never gets (or learns of,
+/// through `judge.cached`) another tenant's judgments of the same text.
+fn cache_key(model: &str, key_id: Option<&str>, messages: &[ChatMessage]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(model.as_bytes());
+    h.update([0]);
+    // 1 + id for a key, 0 for none: no key id can collide with "no key".
+    match key_id {
+        Some(id) => {
+            h.update([1]);
+            h.update(id.as_bytes());
+        }
+        None => h.update([0]),
+    }
     h.update([0]);
     for m in messages {
         h.update(m.role.as_bytes());

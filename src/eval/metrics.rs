@@ -45,13 +45,14 @@ pub fn normalized_mean(ratings: &[f64], max: f64) -> Option<f64> {
 }
 
 /// Ragas answer relevancy from the cosines between the question and each generated question: their
-/// mean, or 0 when the judge found the answer noncommittal; `None` when no question was generated.
+/// mean, or 0 when the judge found the answer noncommittal (whether or not it generated questions: a
+/// refusal often yields none); `None` when a committal answer yielded no question.
 pub fn answer_relevancy(cosines: &[f64], noncommittal: bool) -> Option<f64> {
-    if cosines.is_empty() {
-        return None;
-    }
     if noncommittal {
         return Some(0.0);
+    }
+    if cosines.is_empty() {
+        return None;
     }
     Some(mean(cosines))
 }
@@ -208,6 +209,7 @@ mod tests {
         assert!(close(answer_relevancy(&[0.8, 0.6], false).unwrap(), 0.7));
         assert_eq!(answer_relevancy(&[0.8, 0.6], true), Some(0.0));
         assert_eq!(answer_relevancy(&[], false), None);
+        assert_eq!(answer_relevancy(&[], true), Some(0.0));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! - [`metrics`]: the pure formulas (ratios with null, rank-weighted average precision, normalisation,
 //!   bootstrap confidence intervals, AUC). No I/O.
-//! - [`judge`]: prompts per judgment, lenient JSON extraction, the [`judge::Judge`] that calls a
+//! - [`judge`]: prompts per judgment, lenient JSON extraction, the [`judge::Judges`] that calls a
 //!   configured model at temperature 0 as an internal, recorded call, with a bounded cache of replies.
 //! - [`rag`]: the evaluator: runs the requested metrics of one sample, keeps every intermediate
 //!   (statements, verdicts, reasons) and reports a per-metric error instead of a score when a judgment
@@ -69,6 +69,14 @@ impl Metric {
     /// The metric of a wire name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
+    /// Judge calls the metric makes for one sample at most (faithfulness: statements, then verdicts).
+    pub fn judge_calls(self) -> u64 {
+        match self {
+            Self::Faithfulness => 2,
+            _ => 1,
+        }
     }
 
     /// Every wire name, comma-separated, for error messages.

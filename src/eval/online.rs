@@ -150,6 +150,7 @@ pub struct Rag {
     pub metrics: RagMetrics,
     sampler: Option<Sampler>,
     store: Option<ScoreStore>,
+    capture: store::Capture,
     /// Online samples finished (evaluated, stored); tests wait on it.
     evaluated: watch::Sender<u64>,
 }
@@ -163,11 +164,11 @@ struct Sampler {
 }
 
 impl Rag {
-    /// Builds the evaluation state from `[evaluation]`; `request_log` is the request log's database
-    /// file, when the log is enabled (online scores are stored there).
+    /// Builds the evaluation state from `[evaluation]`; online scores are stored in the request log's
+    /// database when the log is enabled, under its retention and `capture_bodies` ([`store`]).
     pub fn new(
         config: &EvaluationConfig,
-        request_log: Option<&std::path::Path>,
+        request_log: &crate::request_log::RequestLogConfig,
         registry: &mut Registry,
     ) -> Result<Self, String> {
         let metrics = RagMetrics::default();
@@ -186,12 +187,16 @@ impl Rag {
                     rx: Mutex::new(Some(rx)),
                 }
             });
-        let store = match (request_log, &sampler) {
-            (Some(path), Some(_)) => Some(
-                store::ScoreStore::open(path, config.max_stored).map_err(|e| {
-                    format!("evaluation: rag_scores table in {}: {e}", path.display())
-                })?,
-            ),
+        let store = match (request_log.enabled, &sampler) {
+            (true, Some(_)) => {
+                let path = request_log.path.as_path();
+                Some(
+                    store::ScoreStore::open(path, config.max_stored, request_log.retention_age)
+                        .map_err(|e| {
+                            format!("evaluation: rag_scores table in {}: {e}", path.display())
+                        })?,
+                )
+            }
             _ => None,
         };
         Ok(Self {
@@ -203,6 +208,10 @@ impl Rag {
             metrics,
             sampler,
             store,
+            capture: store::Capture {
+                details: request_log.capture_bodies,
+                max_details_bytes: request_log.max_body_bytes,
+            },
             evaluated: watch::Sender::new(0),
         })
     }
@@ -484,7 +493,8 @@ async fn evaluate(state: &AppState, job: Job) {
     let rag = &state.rag;
     let Some(sampler) = &rag.sampler else { return };
     let metrics = rag.evaluator.default_metrics(false);
-    let tally = Tally::default();
+    // Online judge calls are the gateway's own, charged to no key (see docs/RAG_EVALUATION.md).
+    let tally = Tally::for_caller(None);
     let evaluation = rag
         .evaluator
         .evaluate(&sampler.judge, &job.sample, &metrics, &tally)
@@ -512,8 +522,12 @@ async fn evaluate(state: &AppState, job: Job) {
         }
     }
     for (metric, error) in &evaluation.errors {
-        tracing::info!(request_id = %job.request_id, metric = metric.as_str(), error = %error,
+        // The message may quote the judge provider's error body: only its kind at info, the redacted
+        // text at debug.
+        tracing::info!(request_id = %job.request_id, metric = metric.as_str(), error = error.kind(),
             "online RAG metric failed");
+        tracing::debug!(request_id = %job.request_id, metric = metric.as_str(),
+            error = %crate::request_log::redact(&error.to_string()), "online RAG metric failure detail");
         rag.metrics
             .errors
             .get_or_create(&ErrorLabels {
@@ -526,15 +540,21 @@ async fn evaluate(state: &AppState, job: Job) {
     if let Some(store) = rag.store.clone() {
         let mut result = evaluation.to_json();
         result["judge"] = tally.to_json();
-        let (id, model, judge) = (
+        let (id, model, judge, capture) = (
             job.request_id,
             job.model.0.to_string(),
             sampler.judge.clone(),
+            rag.capture,
         );
-        let stored =
-            tokio::task::spawn_blocking(move || store.insert(&id, &model, &judge, &result)).await;
-        if !matches!(stored, Ok(Ok(()))) {
-            tracing::warn!("could not store online RAG scores");
+        // Redaction runs regexes over the details: on the blocking pool, with the write.
+        let stored = tokio::task::spawn_blocking(move || {
+            store.insert(&id, &model, &judge, &store::stored_result(result, capture))
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not store online RAG scores"),
+            Err(e) => tracing::warn!(error = %e, "could not store online RAG scores"),
         }
     }
     rag.evaluated.send_modify(|n| *n += 1);

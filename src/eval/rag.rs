@@ -99,6 +99,7 @@ impl Evaluator {
                 config.max_judge_calls,
                 config.judge_timeout,
                 config.cache_entries,
+                config.cache_bytes,
                 config.cache_ttl,
             ),
             embedder,
@@ -189,42 +190,49 @@ impl Evaluator {
         tally: &Tally,
         details: &mut Value,
     ) -> Result<Option<f64>, JudgeError> {
-        let reply = self
+        let statements: Vec<String> = self
             .judges
             .ask(
                 model,
                 Kind::Statements,
                 &json!({"question": s.question, "answer": s.answer}),
                 tally,
+                |reply| {
+                    Ok(list(reply, "statements", 0)?
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::trim).filter(|t| !t.is_empty()))
+                        .map(str::to_owned)
+                        .collect())
+                },
             )
             .await?;
-        let statements: Vec<String> = list(&reply, "statements", 0)?
-            .iter()
-            .filter_map(|v| v.as_str().map(str::trim).filter(|t| !t.is_empty()))
-            .map(str::to_owned)
-            .collect();
         details["statements"] = json!(statements);
         if statements.is_empty() {
             return Ok(None);
         }
-        let reply = self
+        let (verdicts, shown) = self
             .judges
             .ask(
                 model,
                 Kind::Faithfulness,
                 &json!({"context": joined(&s.contexts), "statements": statements}),
                 tally,
+                |reply| {
+                    let items = list(reply, "verdicts", statements.len())?;
+                    let mut verdicts = Vec::with_capacity(statements.len());
+                    let mut shown = Vec::with_capacity(statements.len());
+                    for (text, item) in statements.iter().zip(items) {
+                        let v = verdict(item.get("verdict").unwrap_or(item))
+                            .ok_or_else(|| malformed("a faithfulness verdict is not 0 or 1"))?;
+                        verdicts.push(v);
+                        shown.push(
+                            json!({"text": text, "verdict": u8::from(v), "reason": reason(item)}),
+                        );
+                    }
+                    Ok((verdicts, shown))
+                },
             )
             .await?;
-        let items = list(&reply, "verdicts", statements.len())?;
-        let mut verdicts = Vec::with_capacity(statements.len());
-        let mut shown = Vec::with_capacity(statements.len());
-        for (text, item) in statements.iter().zip(items) {
-            let v = verdict(item.get("verdict").unwrap_or(item))
-                .ok_or_else(|| malformed("a faithfulness verdict is not 0 or 1"))?;
-            verdicts.push(v);
-            shown.push(json!({"text": text, "verdict": u8::from(v), "reason": reason(item)}));
-        }
         details["statements"] = Value::Array(shown);
         Ok(metrics::ratio(&verdicts))
     }
@@ -242,30 +250,34 @@ impl Evaluator {
                     .to_owned(),
             )
         })?;
-        let reply = self
-            .judges
-            .ask(
-                model,
-                Kind::AnswerQuestions,
-                &json!({"answer": s.answer, "n": self.questions_per_answer}),
-                tally,
-            )
-            .await?;
-        let questions: Vec<String> = list(&reply, "questions", 0)?
-            .iter()
-            .filter_map(|v| v.as_str().map(str::trim).filter(|t| !t.is_empty()))
-            .map(str::to_owned)
-            .take(self.questions_per_answer)
-            .collect();
-        let noncommittal = match reply.get("noncommittal") {
-            None | Some(Value::Null) => false,
-            Some(v) => verdict(v).ok_or_else(|| malformed("`noncommittal` is not 0 or 1"))?,
-        };
+        let (questions, noncommittal): (Vec<String>, bool) =
+            self.judges
+                .ask(
+                    model,
+                    Kind::AnswerQuestions,
+                    &json!({"answer": s.answer, "n": self.questions_per_answer}),
+                    tally,
+                    |reply| {
+                        let questions = list(reply, "questions", 0)?
+                            .iter()
+                            .filter_map(|v| v.as_str().map(str::trim).filter(|t| !t.is_empty()))
+                            .map(str::to_owned)
+                            .take(self.questions_per_answer)
+                            .collect();
+                        let noncommittal = match reply.get("noncommittal") {
+                            None | Some(Value::Null) => false,
+                            Some(v) => verdict(v)
+                                .ok_or_else(|| malformed("`noncommittal` is not 0 or 1"))?,
+                        };
+                        Ok((questions, noncommittal))
+                    },
+                )
+                .await?;
         details["noncommittal"] = json!(u8::from(noncommittal));
         details["embedder"] = json!(embedder.id());
         if questions.is_empty() {
             details["generated_questions"] = json!([]);
-            return Ok(None);
+            return Ok(metrics::answer_relevancy(&[], noncommittal));
         }
         let mut texts = Vec::with_capacity(questions.len() + 1);
         texts.push(s.question.clone());
@@ -304,24 +316,29 @@ impl Evaluator {
             None => ("answer", s.answer.as_str()),
         };
         details["judged_against"] = json!(against);
-        let reply = self
+        let (verdicts, shown) = self
             .judges
             .ask(
                 model,
                 Kind::ContextUsefulness,
                 &json!({"question": s.question, "answer": text, "contexts": indexed(&s.contexts)}),
                 tally,
+                |reply| {
+                    let items = list(reply, "verdicts", s.contexts.len())?;
+                    let mut verdicts = Vec::with_capacity(s.contexts.len());
+                    let mut shown = Vec::with_capacity(s.contexts.len());
+                    for (index, item) in items.iter().take(s.contexts.len()).enumerate() {
+                        let v = verdict(item.get("verdict").unwrap_or(item))
+                            .ok_or_else(|| malformed("a usefulness verdict is not 0 or 1"))?;
+                        verdicts.push(v);
+                        shown.push(
+                            json!({"index": index, "verdict": u8::from(v), "reason": reason(item)}),
+                        );
+                    }
+                    Ok((verdicts, shown))
+                },
             )
             .await?;
-        let items = list(&reply, "verdicts", s.contexts.len())?;
-        let mut verdicts = Vec::with_capacity(s.contexts.len());
-        let mut shown = Vec::with_capacity(s.contexts.len());
-        for (index, item) in items.iter().take(s.contexts.len()).enumerate() {
-            let v = verdict(item.get("verdict").unwrap_or(item))
-                .ok_or_else(|| malformed("a usefulness verdict is not 0 or 1"))?;
-            verdicts.push(v);
-            shown.push(json!({"index": index, "verdict": u8::from(v), "reason": reason(item)}));
-        }
         details["chunks"] = Value::Array(shown);
         Ok(metrics::average_precision(&verdicts))
     }
@@ -336,16 +353,16 @@ impl Evaluator {
         if s.contexts.is_empty() {
             return Ok(None);
         }
-        let reply = self
+        let (ratings, shown) = self
             .judges
             .ask(
                 model,
                 Kind::ContextRelevance,
                 &json!({"question": s.question, "contexts": indexed(&s.contexts)}),
                 tally,
+                |reply| ratings(reply, s.contexts.len(), |i| json!({"index": i})),
             )
             .await?;
-        let (ratings, shown) = ratings(&reply, s.contexts.len(), |i| json!({"index": i}))?;
         details["chunks"] = shown;
         Ok(metrics::normalized_mean(&ratings, 3.0))
     }
@@ -365,28 +382,33 @@ impl Evaluator {
             details["sentences"] = json!([]);
             return Ok(None);
         }
-        let reply = self
+        let (verdicts, shown) = self
             .judges
             .ask(
                 model,
                 Kind::ContextRecall,
                 &json!({"question": s.question, "context": joined(&s.contexts), "reference_sentences": sentences}),
                 tally,
+                |reply| {
+                    let items = list(reply, "verdicts", sentences.len())?;
+                    let mut verdicts = Vec::with_capacity(sentences.len());
+                    let mut shown = Vec::with_capacity(sentences.len());
+                    for (text, item) in sentences.iter().zip(items) {
+                        let v = verdict(
+                            item.get("attributed")
+                                .or(item.get("verdict"))
+                                .unwrap_or(item),
+                        )
+                        .ok_or_else(|| malformed("an attribution verdict is not 0 or 1"))?;
+                        verdicts.push(v);
+                        shown.push(
+                            json!({"text": text, "attributed": u8::from(v), "reason": reason(item)}),
+                        );
+                    }
+                    Ok((verdicts, shown))
+                },
             )
             .await?;
-        let items = list(&reply, "verdicts", sentences.len())?;
-        let mut verdicts = Vec::with_capacity(sentences.len());
-        let mut shown = Vec::with_capacity(sentences.len());
-        for (text, item) in sentences.iter().zip(items) {
-            let v = verdict(
-                item.get("attributed")
-                    .or(item.get("verdict"))
-                    .unwrap_or(item),
-            )
-            .ok_or_else(|| malformed("an attribution verdict is not 0 or 1"))?;
-            verdicts.push(v);
-            shown.push(json!({"text": text, "attributed": u8::from(v), "reason": reason(item)}));
-        }
         details["sentences"] = Value::Array(shown);
         Ok(metrics::ratio(&verdicts))
     }
@@ -403,20 +425,22 @@ impl Evaluator {
             details["sentences"] = json!([]);
             return Ok(None);
         }
-        let reply = self
+        let (ratings, shown) = self
             .judges
             .ask(
                 model,
                 Kind::Groundedness,
                 &json!({"context": joined(&s.contexts), "sentences": sentences}),
                 tally,
+                |reply| {
+                    ratings(
+                        reply,
+                        sentences.len(),
+                        |i| json!({"text": sentences.get(i)}),
+                    )
+                },
             )
             .await?;
-        let (ratings, shown) = ratings(
-            &reply,
-            sentences.len(),
-            |i| json!({"text": sentences.get(i)}),
-        )?;
         details["sentences"] = shown;
         Ok(metrics::normalized_mean(&ratings, 3.0))
     }

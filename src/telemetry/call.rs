@@ -78,6 +78,9 @@ struct CallData {
     key_id: Option<Arc<str>>,
     /// Limit and budget reservations, settled when the call finishes.
     admission: Option<crate::control::Admission>,
+    /// What the admission settles instead of the call's own usage: tokens and cost of work done on the
+    /// caller's behalf by internal calls (RAG judge calls), which record their own usage.
+    charged: Option<(u64, Option<Decimal>)>,
     /// `x-ratelimit-*` headers for the response.
     limit_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// What the response cache did (`hit`, `miss`, `bypass`), when it was consulted.
@@ -226,6 +229,13 @@ impl Call {
         let mut d = self.data();
         d.admission = admission;
         d.limit_headers = headers;
+    }
+
+    /// Settles this call's admission with `tokens` and `cost` spent by internal calls made for it (the
+    /// RAG judge), instead of this call's own usage (it has none). The internal calls keep their own
+    /// metrics and request-log rows; only the caller's limits and budget are charged here.
+    pub fn charge(&self, tokens: u64, cost: Option<Decimal>) {
+        self.data().charged = Some((tokens, cost));
     }
 
     /// What the response cache did for this call.
@@ -458,10 +468,14 @@ impl Call {
             cut: !completed || d.error.is_some() && d.stream,
         };
         if let Some(admission) = d.admission.take() {
-            let tokens = finished
-                .usage
-                .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens));
-            admission.settle(tokens, finished.cost);
+            if let Some((tokens, cost)) = d.charged {
+                admission.settle(Some(tokens), cost);
+            } else {
+                let tokens = finished
+                    .usage
+                    .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens));
+                admission.settle(tokens, finished.cost);
+            }
         }
         self.record_metrics(&d, &finished, obs);
         self.record_span(&d, &finished, obs);

@@ -255,7 +255,12 @@ fn judge(kind: &str, input: &Value) -> Option<Value> {
         }
         "answer_questions" => {
             let answer = input["answer"].as_str().unwrap_or_default();
-            let n = input["n"].as_u64().unwrap_or(3);
+            // A refusal: no question to generate, as real judges often reply.
+            let n = if noncommittal(answer) {
+                0
+            } else {
+                input["n"].as_u64().unwrap_or(3)
+            };
             let words: Vec<String> = content_words(answer).into_iter().collect();
             let questions: Vec<String> = (0..n)
                 .map(|i| {

@@ -144,7 +144,16 @@ async fn an_answer_without_statements_scores_null_not_zero() {
             .contains_key("faithfulness")
     );
     assert_eq!(out["details"]["faithfulness"]["statements"], json!([]));
-    // Noncommittal: answer relevancy is 0 by definition.
+    // Noncommittal: answer relevancy is 0 by definition, even though the judge generated no question.
+    assert_eq!(
+        out["details"]["answer_relevancy"]["generated_questions"],
+        json!([]),
+        "{out}"
+    );
+    assert_eq!(
+        out["details"]["answer_relevancy"]["noncommittal"], 1,
+        "{out}"
+    );
     assert!(close(&out["scores"]["answer_relevancy"], 0.0), "{out}");
 }
 
@@ -352,9 +361,10 @@ async fn sampled_chat_traffic_is_evaluated_off_the_request_path() {
     for r in upstream.requests() {
         assert!(r.body.get("sluice").is_none(), "{}", r.body);
     }
-    // Both requests asked the same question with the same contexts and got the same answer: the
-    // second evaluation's judgments all came from the cache (statements, verdicts, questions,
-    // usefulness, relevance: five calls).
+    // Both requests asked the same question with the same contexts and got the same answer: whether the
+    // two evaluations run one after the other (cache hits) or at once (online_concurrency 2: identical
+    // misses share one call), the judge is asked each judgment once (statements, verdicts, questions,
+    // usefulness, relevance: five calls). Deterministic either way.
     assert_eq!(judge.calls(), 5);
     let m = scrape(&app).await;
     for metric in [
@@ -381,8 +391,18 @@ async fn sampled_chat_traffic_is_evaluated_off_the_request_path() {
         .sum::<f64>();
     assert!((judge_calls - 5.0).abs() < f64::EPSILON, "{m:?}");
     assert!(m["sluice_cost_usd_total{model=judge}"] > 0.0, "{m:?}");
-    // The request log shows the request with its scores.
+    // The request log shows the request with its scores, and (bodies not captured) no content.
     app.wait_finished(2).await;
+    let one = logged(&app, &id).await;
+    let faithfulness = one["rag"]["scores"]["faithfulness"].as_f64().unwrap();
+    assert!((faithfulness - 1.0).abs() < 1e-9, "{one}");
+    assert_eq!(one["rag"]["judge_model"], "judge");
+    assert!(one["rag"].get("details").is_none(), "{one}");
+    assert!(!one["rag"].to_string().contains("Hello from"), "{one}");
+}
+
+/// `GET /admin/requests/{id}` once the request log has the request.
+async fn logged(app: &TestApp, id: &str) -> Value {
     let lookup = async {
         loop {
             let resp = app
@@ -400,12 +420,40 @@ async fn sampled_chat_traffic_is_evaluated_off_the_request_path() {
             tokio::task::yield_now().await;
         }
     };
-    let one = tokio::time::timeout(Duration::from_secs(10), lookup)
+    tokio::time::timeout(Duration::from_secs(10), lookup)
         .await
-        .expect("the request reached the request log");
-    let faithfulness = one["rag"]["scores"]["faithfulness"].as_f64().unwrap();
-    assert!((faithfulness - 1.0).abs() < 1e-9, "{one}");
-    assert_eq!(one["rag"]["judge_model"], "judge");
+        .expect("the request reached the request log")
+}
+
+#[tokio::test]
+async fn captured_online_details_are_stored_redacted() {
+    let (app, _judge, _up) =
+        start("sample_rate = 1.0\n\n[request_log]\ncapture_bodies = true\n").await;
+    let mut body = rag_chat(false);
+    body["messages"][0]["content"] =
+        json!("Who sent this greeting? My api_key=sk-abcdefghijklmnopqrstuvwxyz0123456789");
+    let resp = app.post("/v1/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(
+        app.state
+            .rag
+            .wait_evaluated(1, Duration::from_secs(10))
+            .await
+    );
+    app.wait_finished(1).await;
+    let one = logged(&app, &id).await;
+    let details = &one["rag"]["details"];
+    assert_eq!(
+        details["faithfulness"]["statements"][0]["text"], "Hello from the mock upstream.",
+        "{one}"
+    );
+    assert!(
+        !one["rag"]
+            .to_string()
+            .contains("sk-abcdefghijklmnopqrstuvwxyz"),
+        "{one}"
+    );
 }
 
 #[tokio::test]
@@ -429,4 +477,165 @@ async fn a_malformed_extension_is_a_400_and_a_full_queue_sheds() {
     let m = scrape(&app).await;
     let shed = m["sluice_rag_shed_total{}"];
     assert!(shed >= 2.0, "{m:?}");
+}
+
+async fn create_key(app: &TestApp, body: Value) -> (String, String) {
+    let resp = app
+        .client
+        .post(app.url("/admin/keys"))
+        .bearer_auth(UPSTREAM_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    (
+        created["key"]["id"].as_str().unwrap().to_owned(),
+        created["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn evaluate_as(app: &TestApp, secret: &str, body: &Value) -> (u16, Value) {
+    let resp = app
+        .client
+        .post(app.url("/v1/evaluations/rag"))
+        .bearer_auth(secret)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// The key's spend once nothing is reserved any more (the request's admission settles when it ends).
+async fn settled_spend(app: &TestApp, id: &str) -> Value {
+    let poll = async {
+        loop {
+            let key: Value = app
+                .client
+                .get(app.url(&format!("/admin/keys/{id}")))
+                .bearer_auth(UPSTREAM_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if key["spend"]["reserved_usd"] == "0" {
+                break key["spend"].clone();
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the evaluation's admission settled")
+}
+
+#[tokio::test]
+async fn evaluations_are_admitted_and_charged_against_the_callers_key() {
+    let (app, judge, _up) = start("").await;
+    let mut body = sample();
+    body["metrics"] = json!(["faithfulness", "context_relevance"]);
+    // rpm = 1: one evaluation, then 429; its judge calls are charged to the key's budget.
+    let (id, secret) = create_key(
+        &app,
+        json!({"name": "eval", "limits": {"rpm": 1}, "budget": {"usd": "10", "period": "total"}}),
+    )
+    .await;
+    let (status, out) = evaluate_as(&app, &secret, &body).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["judge"]["calls"], 3, "{out}");
+    let cost = out["judge"]["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{out}");
+    let settled = settled_spend(&app, &id).await;
+    let spent: f64 = settled["spent_usd"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (spent - cost).abs() < 1e-9,
+        "spent {settled} vs judge cost {out}"
+    );
+    let (status, out) = evaluate_as(&app, &secret, &body).await;
+    assert_eq!(status, 429, "{out}");
+    assert_eq!(judge.calls(), 3, "a refused evaluation calls no judge");
+
+    // A budget smaller than what the evaluation reserves refuses it up front.
+    let (_, poor) = create_key(
+        &app,
+        json!({"name": "poor", "budget": {"usd": "0.001", "period": "total"}}),
+    )
+    .await;
+    let (status, out) = evaluate_as(&app, &poor, &body).await;
+    assert_eq!(status, 429, "{out}");
+    assert_eq!(out["error"]["code"], "insufficient_quota", "{out}");
+    assert_eq!(judge.calls(), 3);
+    // Another tenant evaluating the same text gets no cached judgment of the first one's.
+    let (_, other) = create_key(&app, json!({"name": "other"})).await;
+    let (status, out) = evaluate_as(&app, &other, &body).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["judge"]["cached"], 0, "{out}");
+    assert_eq!(out["judge"]["calls"], 3, "{out}");
+    let (_, again) = evaluate_as(&app, &other, &body).await;
+    assert_eq!(again["judge"]["cached"], 3, "{again}");
+    let m = scrape(&app).await;
+    assert_eq!(
+        m.get("sluice_ratelimit_rejections_total{limit=requests,scope=key}"),
+        Some(&1.0),
+        "{m:?}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_replies_are_not_cached_and_identical_judgments_share_one_call() {
+    let (app, judge, _up) = start("").await;
+    let mut body = sample();
+    body["metrics"] = json!(["context_relevance"]);
+    judge.set_mode(Some("context_relevance"), Mode::Malformed);
+    let (_, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert!(out["errors"]["context_relevance"].is_string(), "{out}");
+    // The judge recovers: the malformed reply was not cached, so it is asked again.
+    judge.set_mode(Some("context_relevance"), Mode::Normal);
+    let (_, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert!(close(&out["scores"]["context_relevance"], 0.5), "{out}");
+    assert_eq!(out["judge"]["calls"], 1, "{out}");
+    assert_eq!(judge.calls(), 2);
+    // Two identical samples in one batch run at once: one judge call each step, the twin waits for it.
+    let twin = json!({"items": [sample(), sample()], "metrics": ["faithfulness"]});
+    let (status, out) = app.post_json("/v1/evaluations/rag", &twin).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["judge"]["calls"], 2, "{out}");
+    assert_eq!(out["judge"]["cached"], 2, "{out}");
+    assert_eq!(judge.calls(), 4);
+}
+
+#[tokio::test]
+async fn a_saturated_judge_fails_waiting_metrics_as_busy_within_the_timeout() {
+    let (app, judge, _up) = start("max_judge_calls = 1\njudge_timeout = \"1s\"\n").await;
+    judge.set_mode(None, Mode::Hang);
+    let mut body = sample();
+    body["metrics"] = json!(["context_relevance", "context_precision"]);
+    let started = std::time::Instant::now();
+    let (status, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert_eq!(status, 200, "{out}");
+    let mut errors: Vec<&str> = out["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    errors.sort_unstable();
+    assert_eq!(
+        errors,
+        [
+            "judge busy: no judge slot free within judge_timeout",
+            "judge timed out"
+        ],
+        "{out}"
+    );
+    // One deadline for the wait and the call: both fail after about one judge_timeout, not two.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }

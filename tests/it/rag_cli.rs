@@ -132,7 +132,18 @@ async fn the_cli_writes_results_and_a_report_that_a_browser_renders() {
     assert_eq!(judge.calls(), calls);
 }
 
-fn browser() -> Option<&'static str> {
+/// A browser that runs: `SLUICE_BROWSER` (set by `scripts/test`), else the first of the usual names
+/// whose `--version` succeeds (a snap shim without snapd fails it).
+fn browser() -> Option<String> {
+    let runs = |b: &str| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(b) = std::env::var("SLUICE_BROWSER").ok().filter(|b| runs(b)) {
+        return Some(b);
+    }
     [
         "chromium",
         "chromium-browser",
@@ -140,12 +151,8 @@ fn browser() -> Option<&'static str> {
         "google-chrome-stable",
     ]
     .into_iter()
-    .find(|b| {
-        std::process::Command::new(b)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    .find(|b| runs(b))
+    .map(str::to_owned)
 }
 
 /// Opens the report in headless Chromium and checks the rendered DOM holds one chart per metric, each
@@ -163,7 +170,7 @@ async fn render_in_browser(report: &Path, metrics: &[&str]) {
     };
     let profile = tempfile::tempdir().unwrap();
     let url = format!("file://{}", report.display());
-    let output = tokio::process::Command::new(browser)
+    let output = tokio::process::Command::new(&browser)
         .args([
             "--headless",
             "--no-sandbox",
