@@ -3,6 +3,7 @@
 
 pub mod exact;
 pub mod key;
+pub mod semantic;
 
 use std::time::Duration;
 
