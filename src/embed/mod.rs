@@ -12,6 +12,8 @@
 //! Vectors are L2-normalised, so cosine similarity is a dot product ([`cosine`]).
 
 pub mod hashing;
+#[cfg(feature = "local-embedder")]
+pub mod minilm;
 pub mod provider;
 
 use futures_util::future::BoxFuture;

@@ -38,6 +38,14 @@ pub enum Decision {
     Blocked(Mismatch),
 }
 
+/// Default similarity threshold for all-MiniLM-L6-v2 (`embed::minilm`) with the guards on: placeholder until
+/// measured.
+pub const DEFAULT_THRESHOLD_MINILM: f32 = 0.80;
+
+/// Default similarity threshold for the hashing stand-in (`embed::hashing`, 256 dimensions) with the guards on:
+/// placeholder until measured.
+pub const DEFAULT_THRESHOLD_HASHING: f32 = 0.60;
+
 /// The matching rule of the semantic tier, used both by the request path and by the evaluation, so that what
 /// is measured is what is served.
 ///
