@@ -219,7 +219,7 @@ impl Embedder for MiniLm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::embed::cosine;
 

@@ -390,6 +390,7 @@ pub fn markdown_breakdown(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::hashing::HashingEmbedder;
 
     fn data() -> Vec<Pair> {
         load_pairs(concat!(
@@ -459,6 +460,72 @@ mod tests {
         );
         assert_eq!(r.false_hit_ids, Vec::<String>::new());
         assert!(r.overall.recall() >= 0.97, "recall {}", r.overall.recall());
+    }
+
+    /// Measured recall of the hashing stand-in at its default threshold with guards (see
+    /// docs/CACHE_EVALUATION.md), minus a little slack.
+    const RECALL_FLOOR_HASHING: f64 = 0.577 - 0.03;
+
+    #[tokio::test]
+    async fn hashing_stand_in_meets_the_false_hit_target() {
+        let scored = score(&data(), &HashingEmbedder::new(256)).await.unwrap();
+        let threshold = guards::DEFAULT_THRESHOLD_HASHING;
+        let on = evaluate(
+            &scored,
+            Config {
+                threshold,
+                guards: true,
+            },
+        );
+        let c = on.overall;
+        assert!(
+            c.false_hit_rate() <= 0.01,
+            "false hits {:?}",
+            on.false_hit_ids
+        );
+        assert!(c.recall() >= RECALL_FLOOR_HASHING, "recall {}", c.recall());
+        let off = evaluate(
+            &scored,
+            Config {
+                threshold,
+                guards: false,
+            },
+        );
+        assert!(
+            off.overall.false_hits > c.false_hits + 10,
+            "guards must matter: {:?}",
+            off.overall
+        );
+    }
+
+    /// Measured recall of MiniLM at its default threshold with guards (0.794), minus a little slack.
+    #[cfg(feature = "local-embedder")]
+    const RECALL_FLOOR_MINILM: f64 = 0.794 - 0.03;
+
+    #[cfg(feature = "local-embedder")]
+    #[tokio::test]
+    async fn minilm_meets_the_false_hit_target() {
+        let Some(dir) = crate::embed::minilm::tests::model_dir() else {
+            return;
+        };
+        let m = crate::embed::minilm::MiniLm::load(&dir).unwrap();
+        let scored = score(&data(), &m).await.unwrap();
+        let threshold = guards::DEFAULT_THRESHOLD_MINILM;
+        let on = evaluate(
+            &scored,
+            Config {
+                threshold,
+                guards: true,
+            },
+        );
+        let c = on.overall;
+        assert!(
+            c.false_hit_rate() <= 0.01,
+            "false hits {:?}",
+            on.false_hit_ids
+        );
+        assert!(c.recall() >= RECALL_FLOOR_MINILM, "recall {}", c.recall());
+        assert!(c.recall() >= 0.5, "issue 6 target: recall {}", c.recall());
     }
 
     #[test]
