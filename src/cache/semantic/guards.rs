@@ -219,6 +219,11 @@ impl Signature {
             }
         }
         for t in &tokens {
+            if let Kind::Sym(c) = t.kind
+                && let Some(unit) = symbol_unit(c)
+            {
+                sig.units.push(unit);
+            }
             match t.kind {
                 Kind::Num => sig.seq.push((t.text.as_str().into(), true)),
                 Kind::Word => sig.seq.push(match number_word(&t.text, lang) {
