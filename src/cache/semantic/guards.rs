@@ -9,12 +9,12 @@
 //! | prompt language, requested output language | `language` | "… in French" / "… in German" |
 //! | negation markers (en, fr, de, es) | `negation` | "with eggs" / "without eggs" |
 //! | numbers (digits, decimals, number words), in order | `numbers`, `direction` | "in 2014" / "in 2018"; "7 minus 3" / "3 minus 7" |
-//! | units and currencies, normalised | `units` | "in Celsius" / "in Kelvin" |
+//! | units and currencies, normalised; a unit asked for on one side only | `units` | "in Celsius" / "in Kelvin" |
 //! | source and target of a conversion or a move | `direction` | "100 km to miles" / "100 miles to km" |
 //! | antonym axes (buy/sell, before/after, min/max, first/last, …) | `polarity` | "before a workout" / "after a workout" |
 //! | "all/every/whole" scope | `scope` | "delete a row" / "delete all rows" |
 //! | named entities (capitalised, all-caps, camel-case words) | `entities` | "Austria" / "Australia" |
-//! | a single content word swapped in an otherwise identical prompt | `substitution` | "gold" / "silver" |
+//! | a content word swapped in an otherwise identical prompt; different things asked "in/to X" | `substitution` | "gold" / "silver" |
 //!
 //! The signature is project-specific (it encodes what makes two *prompts* need different answers), so it is
 //! written here by hand: no crate does this. It is deliberately conservative: when in doubt it refuses the
