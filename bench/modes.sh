@@ -5,8 +5,12 @@
 #   SUITE=observability   off | logs | reqlog | otel | on   (bench/observability.sh; goal on/off <= 1.3x)
 #       off = log filter error, no request log, no trace export; on = JSON access log at info to a file,
 #       the SQLite request log, OTLP/HTTP export to a receiver; the others switch one part on alone.
-#   SUITE=cache           off | hit: the same deterministic request with the exact cache off, and on
-#       (every request after the warm-up a hit, never reaching the upstream). Goal: hit p99 <= +0.5 ms.
+#   SUITE=cache           off | hit | semantic | semantic-model: the same deterministic request with the
+#       cache off, and on (every request after the warm-up a hit, never reaching the upstream). Goal:
+#       hit p99 <= +0.5 ms. semantic: the exact tier off for the model, so every request is a semantic
+#       hit (embedding + index + guards); SEMANTIC_EMBEDDER=hashing (default) or local (MiniLM: set
+#       SLUICE_MINILM_DIR, and CARGO_FEATURES=local-embedder). semantic-model: embedded by an upstream
+#       embeddings model (the mock upstream's, on loopback) through the provider layer.
 #   SUITE=access          off | auth | memory | redis        (bench/access.sh; goal memory +0.1 ms,
 #       redis +0.5 ms p50 over off) off = no key required; auth = a virtual key checked, no limits;
 #       memory = the key with RPM, TPM, concurrency and budget limits plus model limits, in process;
@@ -21,7 +25,7 @@ set -euo pipefail
 RUNS="${1:-3}"; RATE="${2:-2000}"; DURATION="${3:-10s}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-cargo build --release --bins --quiet
+cargo build --release --bins --quiet ${CARGO_FEATURES:+--features "$CARGO_FEATURES"}
 SUITE="${SUITE:-observability}"
 case "$SUITE" in
   observability) PREFIX=obs; DEFAULT_MODES="off on" ;;
@@ -77,6 +81,15 @@ cache_off='[cache]\nenabled = false\n'
 if [ "$SUITE" = cache ]; then
   printf '%s\n'"$off_log$off_rl$no_auth$cache_off" "$common" >"$WORK/off.toml"
   printf '%s\n'"$off_log$off_rl$no_auth" "$common" >"$WORK/hit.toml"
+  semantic_model='[models.bench.cache]\nexact = false\nsemantic = true\n'
+  local_dir="${SLUICE_MINILM_DIR:-$REPO/models/all-MiniLM-L6-v2}"
+  { printf "$off_log$off_rl$no_auth"; printf '%s\n' "$common"; printf "$semantic_model";
+    printf '[cache.semantic]\nembedder = "%s"\nmodel_dir = "%s"\n' "${SEMANTIC_EMBEDDER:-hashing}" "$local_dir"
+  } >"$WORK/semantic.toml"
+  { printf "$off_log$off_rl$no_auth"; printf '%s\n' "$common"; printf "$semantic_model";
+    printf '[models.emb]\nprovider = "up"\nupstream = "text-embedding-3-small"\n'
+    printf '[cache.semantic]\nembedder = "model"\nembedding_model = "emb"\ndimensions = 8\n'
+  } >"$WORK/semantic-model.toml"
 elif [ "$SUITE" = observability ]; then
   printf '%s\n'"$off_log$off_rl$no_auth" "$common" >"$WORK/off.toml"
   printf '%s\n'"$on_log$on_rl$on_otel$no_auth" "$common" >"$WORK/on.toml"

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod middleware;
 pub mod protocol;
 pub mod provider;

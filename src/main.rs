@@ -39,6 +39,9 @@ enum Command {
     /// Manage virtual API keys of a running gateway through its admin API (admin key in the
     /// `SLUICE_ADMIN_KEY` environment variable).
     Keys(sluice::cli::KeysArgs),
+    /// Evaluate RAG answers through a running gateway's `/v1/evaluations/rag` (API key in the
+    /// environment variable named by `--api-key-env`, default `SLUICE_API_KEY`).
+    Eval(sluice::eval::cli::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,19 @@ fn main() -> ExitCode {
             Ok(out) => {
                 use std::io::Write as _;
                 // The command's output is its result (a secret, a table): stdout, not the log.
+                match writeln!(std::io::stdout().lock(), "{out}") {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(_) => ExitCode::FAILURE,
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Eval(args) => match eval(&args) {
+            Ok(out) => {
+                use std::io::Write as _;
                 match writeln!(std::io::stdout().lock(), "{out}") {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(_) => ExitCode::FAILURE,
@@ -94,6 +110,24 @@ fn keys(args: sluice::cli::KeysArgs) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     runtime
         .block_on(sluice::cli::run_keys(args.command, &args.url, &admin_key))
+        .map_err(|e| e.to_string())
+}
+
+fn eval(args: &sluice::eval::cli::EvalArgs) -> Result<String, String> {
+    let sluice::eval::cli::EvalCommand::Rag(rag) = &args.command;
+    let api_key = std::env::var(&rag.api_key_env)
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(sluice::eval::cli::run_rag(
+            rag,
+            &args.url,
+            api_key.as_deref(),
+        ))
         .map_err(|e| e.to_string())
 }
 

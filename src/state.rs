@@ -38,8 +38,10 @@ pub struct Inner {
     pub control: Arc<Control>,
     /// Conversation sessions, when enabled.
     pub sessions: Option<Arc<crate::sessions::service::Sessions>>,
-    /// The exact response cache, when enabled.
-    pub cache: Option<crate::cache::exact::ExactCache>,
+    /// The response cache, when enabled.
+    pub cache: Option<Arc<crate::cache::Cache>>,
+    /// RAG evaluation: the evaluator, the online sampler and its metrics.
+    pub rag: crate::eval::online::Rag,
 }
 
 impl AppState {
@@ -67,13 +69,21 @@ impl AppState {
         if let Some(sessions) = &sessions {
             sessions.metrics.register(obs.metrics.registry_mut());
         }
-        let cache = config.cache.enabled.then(|| {
-            crate::cache::exact::ExactCache::new(config.cache.max_bytes, config.cache.ttl)
-        });
+        let cache = crate::cache::Cache::build(config, &tasks, &shutdown)
+            .map_err(crate::InitError::State)?;
         if let Some(cache) = &cache {
             cache.metrics.register(obs.metrics.registry_mut());
         }
-        Ok(Self(Arc::new(Inner {
+        let rag = crate::eval::online::Rag::new(
+            &config.evaluation,
+            config
+                .request_log
+                .enabled
+                .then_some(config.request_log.path.as_path()),
+            obs.metrics.registry_mut(),
+        )
+        .map_err(crate::InitError::State)?;
+        let state = Self(Arc::new(Inner {
             providers: Providers::from_config(config, &tasks)?,
             obs,
             shutdown,
@@ -88,7 +98,13 @@ impl AppState {
             control,
             sessions,
             cache,
-        })))
+            rag,
+        }));
+        if let Some(cache) = &state.cache {
+            cache.bind(&state);
+        }
+        state.rag.start(&state);
+        Ok(state)
     }
 }
 

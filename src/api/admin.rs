@@ -83,11 +83,58 @@ pub async fn get_request(
         .await
         .map_err(|e| GatewayError::Internal(format!("request log lookup: {e}")))?;
     match record {
-        Some(r) => Ok(Json(
-            serde_json::to_value(r).map_err(|e| GatewayError::Internal(e.to_string()))?,
-        )),
+        Some(r) => {
+            let mut v =
+                serde_json::to_value(r).map_err(|e| GatewayError::Internal(e.to_string()))?;
+            // Online RAG evaluation scores of this request, when it was sampled.
+            if let Some(rag) = state.rag.stored(id).await {
+                v["rag"] = rag;
+            }
+            Ok(Json(v))
+        }
         None => Err(GatewayError::NotFound(format!(
             "no recorded request with id `{id}`"
         ))),
     }
+}
+
+/// Query string of `DELETE /admin/cache`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeQuery {
+    /// Only replies of this public model.
+    pub model: Option<String>,
+    /// Only replies of this key id (`anonymous` for calls without a key).
+    pub key: Option<String>,
+}
+
+fn cache(state: &AppState) -> Result<&std::sync::Arc<crate::cache::Cache>, GatewayError> {
+    state.cache.as_ref().ok_or_else(|| {
+        GatewayError::Unsupported(
+            "the response cache is disabled (cache.enabled = false)".to_owned(),
+        )
+    })
+}
+
+/// `GET /admin/cache`: what the cache holds in this process, and its settings.
+pub async fn cache_stats(State(state): State<AppState>) -> Result<Json<Value>, GatewayError> {
+    Ok(Json(json!(cache(&state)?.stats())))
+}
+
+/// `DELETE /admin/cache?model=&key=`: drops the replies (and semantic entries) of a model, of a key,
+/// of both, or all of them (no filter) — here, in Redis and on every replica sharing it.
+pub async fn purge_cache(
+    State(state): State<AppState>,
+    Query(q): Query<PurgeQuery>,
+) -> Result<Json<Value>, GatewayError> {
+    let purge = crate::cache::shared::Purge {
+        tenant: q.key,
+        model: q.model,
+    };
+    let report = cache(&state)?
+        .purge(purge.clone())
+        .await
+        .map_err(|e| GatewayError::StateUnavailable(format!("cache purge incomplete: {e}")))?;
+    tracing::info!(model = ?purge.model, key = ?purge.tenant, ?report, "cache purged");
+    Ok(Json(json!({ "purged": report })))
 }

@@ -32,6 +32,7 @@ pub async fn create_chat_completion(
             Some("messages"),
         ));
     }
+    let rag = state.rag.hook(&mut req)?;
     // A session turn: the history goes in front of the new messages (before admission, so token
     // limits count it).
     let turn = sessions::join(&state, &ctx, &mut req).await?;
@@ -47,34 +48,40 @@ pub async fn create_chat_completion(
         max_output_tokens: req.output_limit().map(u64::from),
     })
     .await?;
-    // The exact cache (deterministic calls outside sessions): a hit never reaches the upstream.
-    let cache = cache::Plan::new(&state, &ctx, &req, turn.is_some());
-    if let Some(hit) = cache.lookup(&state, &ctx, &req).await {
-        return Ok(hit);
+    // The cache (deterministic calls outside sessions): a hit never reaches the upstream.
+    let mut cache = cache::Plan::chat(&state, &ctx, route, &req, turn.is_some())?;
+    if let Some(hit) = cache.lookup(&ctx.call).await {
+        return Ok(cache::render_chat(&state, &hit, &req));
     }
     let call = std::sync::Arc::clone(&ctx.call);
     if !req.is_stream() {
         let reply = route.chat(req, ctx).await?;
-        cache.store_completion(&state, &reply).await;
+        if let Some(rag) = rag {
+            rag.answered(&state, &call, &reply);
+        }
+        cache.store_chat(route, &reply).await;
         if let Some(turn) = turn {
             let usage = reply.usage;
             let cost = price_of(route.price.as_ref(), usage.as_ref());
             let output = reply.choices.first().map(|c| c.message.clone());
             turn.complete(output, usage, cost, false).await;
         }
-        return Ok(cache.mark(&state, &call, Json(reply).into_response()));
+        return Ok(cache.mark(&call, Json(reply).into_response()));
     }
     let wants_usage = req.wants_usage();
     ctx.call.keep_prompt(&req.messages);
-    let stream = route.chat_stream(req, ctx).await?;
+    let mut stream = route.chat_stream(req, ctx).await?;
+    if let Some(rag) = rag {
+        stream = rag.watch(&state, std::sync::Arc::clone(&call), stream);
+    }
     let stream = match turn {
         Some(turn) => record_stream(turn, stream, route.price),
-        None => cache.record_stream(&state, stream),
+        None => cache.record_chat_stream(route, stream),
     };
     // Sluice always asks upstream for usage; the extra chunk goes to the client only if it asked.
     let stream = stream.filter(move |item| {
         let keep = wants_usage || !matches!(item, Ok(chunk) if chunk.is_usage_only());
         std::future::ready(keep)
     });
-    Ok(cache.mark(&state, &call, sse::openai(&state, stream)))
+    Ok(cache.mark(&call, sse::openai(&state, stream)))
 }

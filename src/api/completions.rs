@@ -46,17 +46,25 @@ pub async fn create_completion(
         max_output_tokens: req.max_tokens.map(u64::from),
     })
     .await?;
+    let mut cache = super::cache::Plan::completion(&state, &ctx, route, &req)?;
+    if let Some(hit) = cache.lookup(&ctx.call).await {
+        return Ok(super::cache::render_text(&state, &hit, &req));
+    }
+    let call = std::sync::Arc::clone(&ctx.call);
     if !req.is_stream() {
-        return Ok(Json(route.completion(req, ctx).await?).into_response());
+        let reply = route.completion(req, ctx).await?;
+        cache.store_text(route, &reply).await;
+        return Ok(cache.mark(&call, Json(reply).into_response()));
     }
     let wants_usage = req.wants_usage();
     if let Some(prompt) = req.prompt_text() {
         ctx.call.keep_prompt(&[ChatMessage::text("user", prompt)]);
     }
     let stream = route.completion_stream(req, ctx).await?;
+    let stream = cache.record_text_stream(route, stream);
     let stream = stream.filter(move |item| {
         let keep = wants_usage || !matches!(item, Ok(chunk) if chunk.is_usage_only());
         std::future::ready(keep)
     });
-    Ok(sse::openai(&state, stream))
+    Ok(cache.mark(&call, sse::openai(&state, stream)))
 }

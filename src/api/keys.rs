@@ -41,6 +41,8 @@ pub struct CreateKey {
     /// Free-form data.
     #[serde(default)]
     pub metadata: BTreeMap<String, Value>,
+    /// Cache switches (`exact`, `semantic`, `ttl`).
+    pub cache: Option<crate::cache::CachePolicy>,
 }
 
 /// Body of `PATCH /admin/keys/{id}`: fields present are replaced; `budget: null` and
@@ -62,6 +64,9 @@ pub struct UpdateKey {
     pub expires_at: Option<Option<i64>>,
     /// New metadata (the whole map).
     pub metadata: Option<BTreeMap<String, Value>>,
+    /// New cache switches; `null` removes them.
+    #[serde(default, deserialize_with = "double_option")]
+    pub cache: Option<Option<crate::cache::CachePolicy>>,
 }
 
 /// Present-but-null vs absent.
@@ -151,6 +156,7 @@ pub async fn create_key(
         expires_at: body.expires_at,
         revoked_at: None,
         metadata: body.metadata,
+        cache: body.cache,
         created_at: unix_ms(),
         source: "api".to_owned(),
     };
@@ -255,6 +261,9 @@ pub async fn update_key(
     }
     if let Some(metadata) = body.metadata {
         key.metadata = metadata;
+    }
+    if let Some(cache) = body.cache {
+        key.cache = cache;
     }
     validate(
         &state,

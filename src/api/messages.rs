@@ -53,22 +53,30 @@ pub async fn create_message(
         max_output_tokens: chat.output_limit().map(u64::from),
     })
     .await?;
+    let mut cache = super::cache::Plan::chat(&state, &ctx, route, &chat, turn.is_some())?;
+    if let Some(hit) = cache.lookup(&ctx.call).await {
+        return Ok(render_hit(&state, &hit, &route.model, stream));
+    }
+    let call = std::sync::Arc::clone(&ctx.call);
     if !stream {
         let reply = route.chat(chat, ctx).await?;
+        cache.store_chat(route, &reply).await;
         if let Some(turn) = turn {
             let usage = reply.usage;
             let cost = price_of(route.price.as_ref(), usage.as_ref());
             let output = reply.choices.first().map(|c| c.message.clone());
             turn.complete(output, usage, cost, false).await;
         }
-        return Ok(Json(translate::chat_to_messages_response(reply)).into_response());
+        let response = Json(translate::chat_to_messages_response(reply)).into_response();
+        return Ok(cache.mark(&call, response));
     }
     let model = route.model.clone();
     ctx.call.keep_prompt(&chat.messages);
     let mut chunks = route.chat_stream(chat, ctx).await?;
-    if let Some(turn) = turn {
-        chunks = record_stream(turn, chunks, route.price);
-    }
+    chunks = match turn {
+        Some(turn) => record_stream(turn, chunks, route.price),
+        None => cache.record_chat_stream(route, chunks),
+    };
     let events = async_stream::stream! {
         let mut state = ChatToMessagesStream::new(&model);
         while let Some(item) = chunks.next().await {
@@ -79,7 +87,25 @@ pub async fn create_message(
         }
         for event in state.finish() { yield Ok(event); }
     };
-    Ok(sse::anthropic(&state, events))
+    Ok(cache.mark(&call, sse::anthropic(&state, events)))
+}
+
+/// A cache hit in Anthropic's shape: the message, or the events of its chunks.
+fn render_hit(state: &AppState, hit: &super::cache::Hit, model: &str, stream: bool) -> Response {
+    let response = if stream {
+        let chunks = hit.reply.chat_chunks().unwrap_or_default();
+        let mut translator = ChatToMessagesStream::new(model);
+        let mut events: Vec<_> = chunks.iter().flat_map(|c| translator.on_chunk(c)).collect();
+        events.extend(translator.finish());
+        sse::anthropic(
+            state,
+            futures_util::stream::iter(events.into_iter().map(Ok::<_, GatewayError>)),
+        )
+    } else {
+        let completion = hit.reply.chat_completion().cloned().unwrap_or_default();
+        Json(translate::chat_to_messages_response(completion)).into_response()
+    };
+    super::cache::hit_headers(hit, response)
 }
 
 /// Route layer of `/v1/messages`: re-renders any [`GatewayError`] response (extractor, body limit, handler,

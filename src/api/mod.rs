@@ -6,6 +6,7 @@ pub mod cache;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod evaluations;
 pub mod extract;
 pub mod health;
 pub mod keys;
@@ -30,6 +31,10 @@ pub fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/v1/chat/completions", post(chat::create_chat_completion))
         .route("/v1/completions", post(completions::create_completion))
         .route("/v1/embeddings", post(embeddings::create_embeddings))
+        .route(
+            "/v1/evaluations/rag",
+            post(evaluations::create_rag_evaluation),
+        )
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::get_model))
         .route(
@@ -70,6 +75,10 @@ pub fn admin_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/requests", get(admin::list_requests))
         .route("/admin/requests/{id}", get(admin::get_request))
+        .route(
+            "/admin/cache",
+            get(admin::cache_stats).delete(admin::purge_cache),
+        )
         .route("/admin/keys", post(keys::create_key).get(keys::list_keys))
         .route(
             "/admin/keys/{id}",

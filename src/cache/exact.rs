@@ -1,116 +1,41 @@
-//! The exact tier, in process: whole replies keyed by [`super::key::chat_key`], bounded by bytes (moka,
-//! TinyLFU eviction) with a TTL. A streamed reply is stored as its chunks, so a streaming hit replays
-//! the same chunk structure and usage; a non-streaming hit of a streamed reply gets it assembled, and a
-//! streaming hit of a non-streamed one gets it split into role, content, finish and usage chunks.
+//! The exact tier in process: whole replies keyed by `cache::key`, bounded by bytes (moka, TinyLFU
+//! eviction), each with its own TTL (the config's, the model's or the request's).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::key::CacheKey;
-use crate::protocol::assemble::ChatAssembler;
-use crate::protocol::openai::{ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta};
+use super::reply::CachedReply;
 
-/// A stored reply.
-#[derive(Debug, Clone)]
-pub struct CachedReply {
-    /// The reply as one completion.
-    pub completion: ChatCompletion,
-    /// The chunks as streamed, when it was streamed.
-    pub chunks: Option<Vec<ChatChunk>>,
-    /// Approximate size in memory (JSON bytes), the weight against `max_bytes`.
-    pub bytes: u32,
-}
+/// Each entry lives for its reply's `ttl`.
+struct ReplyExpiry;
 
-impl CachedReply {
-    /// The reply as stream chunks: the stored ones, or the completion split up.
-    pub fn stream(&self) -> Vec<ChatChunk> {
-        if let Some(chunks) = &self.chunks {
-            return chunks.clone();
-        }
-        let c = &self.completion;
-        let chunk = |choices: Vec<ChunkChoice>, usage| ChatChunk {
-            id: c.id.clone(),
-            object: "chat.completion.chunk".to_owned(),
-            created: c.created,
-            model: c.model.clone(),
-            choices,
-            usage,
-            ..ChatChunk::default()
-        };
-        let mut out = Vec::with_capacity(3);
-        out.push(chunk(
-            c.choices
-                .iter()
-                .map(|choice| ChunkChoice {
-                    index: choice.index,
-                    delta: Delta {
-                        role: Some(choice.message.role.clone()),
-                        content: choice
-                            .message
-                            .content
-                            .as_ref()
-                            .map(|_| choice.message.text_content()),
-                        tool_calls: choice.message.tool_calls.as_ref().map(|calls| {
-                            calls
-                                .iter()
-                                .enumerate()
-                                .map(|(i, call)| crate::protocol::openai::ToolCallDelta {
-                                    index: u32::try_from(i).unwrap_or(u32::MAX),
-                                    id: Some(call.id.clone()),
-                                    kind: Some(call.kind.clone()),
-                                    function: Some(crate::protocol::openai::FunctionCallDelta {
-                                        name: Some(call.function.name.clone()),
-                                        arguments: Some(call.function.arguments.clone()),
-                                    }),
-                                })
-                                .collect()
-                        }),
-                        ..Delta::default()
-                    },
-                    ..ChunkChoice::default()
-                })
-                .collect(),
-            None,
-        ));
-        out.push(chunk(
-            c.choices
-                .iter()
-                .map(|choice| ChunkChoice {
-                    index: choice.index,
-                    finish_reason: choice.finish_reason.clone(),
-                    ..ChunkChoice::default()
-                })
-                .collect(),
-            None,
-        ));
-        if c.usage.is_some() {
-            out.push(chunk(Vec::new(), c.usage));
-        }
-        out
+impl moka::Expiry<CacheKey, Arc<CachedReply>> for ReplyExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        reply: &Arc<CachedReply>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(reply.ttl)
     }
-}
-
-fn size_of<T: serde::Serialize>(value: &T) -> u32 {
-    serde_json::to_vec(value).map_or(u32::MAX, |v| u32::try_from(v.len()).unwrap_or(u32::MAX))
 }
 
 /// The in-process exact tier.
 pub struct ExactCache {
     entries: moka::future::Cache<CacheKey, Arc<CachedReply>>,
-    /// Metric families.
-    pub metrics: super::CacheMetrics,
 }
 
 impl ExactCache {
-    /// A cache holding at most `max_bytes` of replies, each for `ttl`.
-    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
+    /// A cache holding at most `max_bytes` of replies.
+    pub fn new(max_bytes: u64) -> Self {
         Self {
             entries: moka::future::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_, reply: &Arc<CachedReply>| reply.bytes)
-                .time_to_live(ttl)
+                .expire_after(ReplyExpiry)
+                .support_invalidation_closures()
                 .build(),
-            metrics: super::CacheMetrics::default(),
         }
     }
 
@@ -119,57 +44,86 @@ impl ExactCache {
         self.entries.get(key).await
     }
 
-    /// Stores a whole (non-streamed) reply.
-    pub async fn put_completion(&self, key: CacheKey, completion: ChatCompletion) {
-        let bytes = size_of(&completion);
-        let reply = CachedReply {
-            completion,
-            chunks: None,
-            bytes,
-        };
-        self.insert(key, reply).await;
-    }
-
-    async fn insert(&self, key: CacheKey, reply: CachedReply) {
-        self.entries.insert(key, Arc::new(reply)).await;
+    /// Stores a reply.
+    pub async fn insert(&self, key: CacheKey, reply: Arc<CachedReply>) {
+        self.entries.insert(key, reply).await;
         self.entries.run_pending_tasks().await;
-        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        self.metrics.entries.set(gauge(self.entries.entry_count()));
-        self.metrics.bytes.set(gauge(self.entries.weighted_size()));
     }
 
-    /// Stores a streamed reply (all its chunks, in order).
-    pub async fn put_stream(&self, key: CacheKey, chunks: Vec<ChatChunk>) {
-        let mut assembler = ChatAssembler::new();
-        for chunk in &chunks {
-            assembler.push(chunk);
+    /// Drops the replies of `tenant` and/or `model` (each `None` = any). Returns the entries held
+    /// before (the drop itself is applied lazily by moka, immediately for lookups).
+    pub async fn purge(&self, tenant: Option<&str>, model: Option<&str>) -> u64 {
+        let before = self.entry_count();
+        if tenant.is_none() && model.is_none() {
+            self.entries.invalidate_all();
+        } else {
+            let (tenant, model) = (tenant.map(str::to_owned), model.map(str::to_owned));
+            // Only fails when closures are not supported, which the builder enables.
+            let _ = self.entries.invalidate_entries_if(move |_, reply| {
+                tenant.as_ref().is_none_or(|t| reply.tenant == *t)
+                    && model.as_ref().is_none_or(|m| reply.model == *m)
+            });
         }
-        let first = chunks.first();
-        let completion = ChatCompletion {
-            id: first.map(|c| c.id.clone()).unwrap_or_default(),
-            object: "chat.completion".to_owned(),
-            created: first.map_or(0, |c| c.created),
-            model: first.map(|c| c.model.clone()).unwrap_or_default(),
-            choices: vec![Choice {
-                index: 0,
-                message: assembler.message(),
-                finish_reason: assembler.finish_reason().map(str::to_owned),
-                extra: crate::protocol::openai::Extra::new(),
-            }],
-            usage: assembler.usage(),
-            ..ChatCompletion::default()
-        };
-        let bytes = size_of(&chunks).saturating_add(size_of(&completion));
-        let reply = CachedReply {
-            completion,
-            chunks: Some(chunks),
-            bytes,
-        };
-        self.insert(key, reply).await;
+        self.entries.run_pending_tasks().await;
+        before.saturating_sub(self.entry_count())
     }
 
     /// Entries (approximate until moka's pending work runs).
     pub fn entry_count(&self) -> u64 {
         self.entries.entry_count()
+    }
+
+    /// Bytes of replies held (approximate).
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::reply::Body;
+
+    fn reply(model: &str, tenant: &str, ttl: Duration) -> Arc<CachedReply> {
+        Arc::new(CachedReply::new(
+            Body::Text {
+                chunks: Vec::new(),
+                streamed: false,
+            },
+            model,
+            tenant,
+            ttl,
+            None,
+        ))
+    }
+
+    #[tokio::test]
+    async fn purge_by_model_or_tenant_and_per_entry_ttl() {
+        let cache = ExactCache::new(1 << 20);
+        let long = Duration::from_mins(1);
+        cache
+            .insert(CacheKey([1; 32]), reply("a", "k1", long))
+            .await;
+        cache
+            .insert(CacheKey([2; 32]), reply("b", "k1", long))
+            .await;
+        cache
+            .insert(CacheKey([3; 32]), reply("b", "k2", long))
+            .await;
+        cache
+            .insert(CacheKey([4; 32]), reply("b", "k2", Duration::ZERO))
+            .await;
+        assert!(
+            cache.get(&CacheKey([4; 32])).await.is_none(),
+            "expired at once"
+        );
+        cache.purge(None, Some("a")).await;
+        assert!(cache.get(&CacheKey([1; 32])).await.is_none());
+        assert!(cache.get(&CacheKey([2; 32])).await.is_some());
+        cache.purge(Some("k2"), None).await;
+        assert!(cache.get(&CacheKey([3; 32])).await.is_none());
+        assert!(cache.get(&CacheKey([2; 32])).await.is_some());
+        cache.purge(None, None).await;
+        assert!(cache.get(&CacheKey([2; 32])).await.is_none());
     }
 }

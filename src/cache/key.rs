@@ -46,20 +46,112 @@ impl CacheKey {
 
 /// The key of `request` for tenant `scope`.
 pub fn chat_key(scope: &str, request: &ChatRequest) -> CacheKey {
+    request_key(scope, "chat", request)
+}
+
+/// The key of any request body (`kind` separates endpoints whose bodies could look alike, e.g.
+/// `completion` for `/v1/completions`).
+pub fn request_key(scope: &str, kind: &str, request: &impl serde::Serialize) -> CacheKey {
     let mut value = serde_json::to_value(request).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         for field in IGNORED_FIELDS {
             map.remove(*field);
         }
     }
+    hash_parts(&[scope, kind], &value)
+}
+
+/// SHA-256 of length-prefixed `parts` (so no part can run into the next) and the canonical `value`.
+fn hash_parts(parts: &[&str], value: &Value) -> CacheKey {
     let mut hasher = Sha256::new();
-    // Length-prefixed, so no scope can run into the request's bytes.
-    hasher.update((scope.len() as u64).to_be_bytes());
-    hasher.update(scope.as_bytes());
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
     let mut canonical = Vec::with_capacity(256);
-    write_canonical(&value, &mut canonical);
+    write_canonical(value, &mut canonical);
     hasher.update(&canonical);
     CacheKey(hasher.finalize().into())
+}
+
+/// The semantic-tier scope of `request`: tenant, model, every parameter, the tools and the system
+/// prompt — everything but the conversation itself — and the embedder (vectors of different embedders
+/// are not comparable). Only entries of the same scope are compared.
+pub fn semantic_scope(tenant: &str, embedder: &str, request: &ChatRequest) -> CacheKey {
+    let mut value = serde_json::to_value(request).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        for field in IGNORED_FIELDS {
+            map.remove(*field);
+        }
+        if let Some(Value::Array(messages)) = map.get_mut("messages") {
+            messages.retain(|m| is_instruction(m.get("role").and_then(Value::as_str)));
+        }
+    }
+    hash_parts(&[tenant, "semantic", embedder], &value)
+}
+
+fn is_instruction(role: Option<&str>) -> bool {
+    matches!(role, Some("system" | "developer"))
+}
+
+/// Why a request is not looked up in the semantic tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotSemantic {
+    /// More user turns than `max_turns` (a conversation's answer depends on all of it).
+    LongConversation,
+    /// Images, audio, files or tool calls: the text alone does not say what is asked.
+    NonText,
+    /// Longer than `max_query_chars`.
+    TooLong,
+    /// No user text at all.
+    Empty,
+}
+
+/// The text the semantic tier embeds: the user-visible turns (user and assistant text, system prompt
+/// excluded — it is part of the scope), one per line. `max_turns` user messages at most unless
+/// `force`; any non-text part or tool call makes the request ineligible.
+pub fn semantic_text(
+    request: &ChatRequest,
+    max_turns: usize,
+    max_chars: usize,
+    force: bool,
+) -> Result<String, NotSemantic> {
+    let turns: Vec<_> = request
+        .messages
+        .iter()
+        .filter(|m| !is_instruction(Some(m.role.as_str())))
+        .collect();
+    let user_turns = turns.iter().filter(|m| m.role == "user").count();
+    if user_turns == 0 {
+        return Err(NotSemantic::Empty);
+    }
+    if user_turns > max_turns && !force {
+        return Err(NotSemantic::LongConversation);
+    }
+    let mut text = String::new();
+    for m in &turns {
+        let plain = match &m.content {
+            Some(crate::protocol::openai::MessageContent::Text(_)) => true,
+            Some(crate::protocol::openai::MessageContent::Parts(parts)) => parts
+                .iter()
+                .all(|p| p.get("type").and_then(Value::as_str) == Some("text")),
+            None => false,
+        };
+        if !plain || m.tool_calls.is_some() || !matches!(m.role.as_str(), "user" | "assistant") {
+            return Err(NotSemantic::NonText);
+        }
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(m.text_content().trim());
+    }
+    if text.chars().count() > max_chars {
+        return Err(NotSemantic::TooLong);
+    }
+    if text.trim().is_empty() {
+        return Err(NotSemantic::Empty);
+    }
+    Ok(text)
 }
 
 /// Why a request is not served from the cache.
@@ -136,6 +228,49 @@ mod tests {
 
     fn request(json: Value) -> ChatRequest {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn semantic_scope_ignores_the_conversation_but_not_the_system_prompt_or_tenant() {
+        let base = serde_json::json!({"model": "m", "temperature": 0, "messages": [
+            {"role": "system", "content": "be brief"}, {"role": "user", "content": "capital of Austria?"}]});
+        let a = request(base.clone());
+        let mut other_question = base.clone();
+        other_question["messages"][1]["content"] = "capital of France?".into();
+        let mut other_system = base.clone();
+        other_system["messages"][0]["content"] = "be long".into();
+        let mut other_temp = base;
+        other_temp["temperature"] = 1.into();
+        let scope = |r: &ChatRequest| semantic_scope("t1", "e", r);
+        assert_eq!(scope(&a), scope(&request(other_question)));
+        assert_ne!(scope(&a), scope(&request(other_system)));
+        assert_ne!(scope(&a), scope(&request(other_temp)));
+        assert_ne!(scope(&a), semantic_scope("t2", "e", &a));
+        assert_ne!(scope(&a), semantic_scope("t1", "other-embedder", &a));
+    }
+
+    #[test]
+    fn semantic_text_takes_user_turns_and_refuses_what_it_cannot_compare() {
+        let one = request(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": "x"}, {"role": "user", "content": " Hi there "}]}));
+        assert_eq!(semantic_text(&one, 1, 100, false).unwrap(), "Hi there");
+        assert_eq!(semantic_text(&one, 1, 3, false), Err(NotSemantic::TooLong));
+        let long = request(serde_json::json!({"model": "m", "messages": [
+            {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"}]}));
+        assert_eq!(
+            semantic_text(&long, 1, 100, false),
+            Err(NotSemantic::LongConversation)
+        );
+        assert_eq!(semantic_text(&long, 1, 100, true).unwrap(), "a\nb\nc");
+        let image = request(
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}),
+        );
+        assert_eq!(
+            semantic_text(&image, 1, 100, false),
+            Err(NotSemantic::NonText)
+        );
     }
 
     fn base() -> Value {

@@ -99,6 +99,9 @@ pub struct RawConfig {
     /// Response caching.
     #[serde(default)]
     pub cache: crate::cache::CacheConfig,
+    /// RAG evaluation.
+    #[serde(default)]
+    pub evaluation: crate::eval::EvaluationConfig,
 }
 
 /// `[admin]`: the admin API is denied unless a key is configured.
@@ -136,6 +139,8 @@ pub struct Config {
     pub sessions: crate::sessions::config::SessionsConfig,
     /// `[cache]`.
     pub cache: crate::cache::CacheConfig,
+    /// `[evaluation]`.
+    pub evaluation: crate::eval::EvaluationConfig,
     /// Where the configuration came from, for messages.
     pub origin: String,
 }
@@ -274,12 +279,12 @@ impl RawConfig {
                 "sessions.summarize_with: unknown model `{model}`"
             )));
         }
-        if self.cache.enabled && (self.cache.max_bytes == 0 || self.cache.ttl.is_zero()) {
-            return Err(invalid(
-                "cache.max_bytes and cache.ttl must be greater than 0".to_owned(),
-            ));
-        }
+        self.cache.validate(self.models.keys()).map_err(invalid)?;
+        self.evaluation
+            .validate(|m| self.models.contains_key(m))
+            .map_err(|e| invalid(format!("evaluation.{e}")))?;
         Ok(Config {
+            evaluation: self.evaluation,
             cache: self.cache,
             sessions: self.sessions,
             config_keys,
@@ -366,6 +371,7 @@ fn resolve_config_keys(
             expires_at: None,
             revoked_at: None,
             metadata: BTreeMap::new(),
+            cache: key.cache,
             created_at: 0,
             source: "config".to_owned(),
         });

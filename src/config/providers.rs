@@ -195,6 +195,9 @@ pub struct ModelConfig {
     /// `sessions.default_context_tokens`).
     #[serde(default)]
     pub context_window: Option<u64>,
+    /// Cache switches and TTL for this model (`exact`, `semantic`, `ttl`).
+    #[serde(default)]
+    pub cache: crate::cache::CachePolicy,
 }
 
 /// Per-phase timeouts of an upstream call.

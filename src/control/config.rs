@@ -46,6 +46,9 @@ pub struct ConfigKey {
     pub limits: Limits,
     /// Its budget.
     pub budget: Option<Budget>,
+    /// Cache switches for its calls.
+    #[serde(default)]
+    pub cache: Option<crate::cache::CachePolicy>,
 }
 
 /// Backend of shared state.

@@ -141,6 +141,9 @@ pub struct VirtualKey {
     /// Free-form operator data.
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Cache switches for this key's calls (`exact`, `semantic`, `ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CachePolicy>,
     /// Unix ms it was created at.
     pub created_at: i64,
     /// `config` for keys declared in the config file (read-only through the API), else `api`.

@@ -506,6 +506,7 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             metadata: std::collections::BTreeMap::new(),
+            cache: None,
             created_at: 0,
             source: "api".to_owned(),
         }

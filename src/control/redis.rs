@@ -1836,6 +1836,7 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             metadata: std::collections::BTreeMap::new(),
+            cache: None,
             created_at,
             source: "api".to_owned(),
         }

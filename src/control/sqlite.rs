@@ -407,6 +407,7 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             metadata: BTreeMap::new(),
+            cache: None,
             created_at,
             source: "api".to_owned(),
         }

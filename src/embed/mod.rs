@@ -62,3 +62,20 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     }
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
+
+/// The local embedder (all-MiniLM-L6-v2) from `dir`; needs the `local-embedder` cargo feature.
+#[cfg(not(feature = "local-embedder"))]
+pub fn local(dir: &std::path::Path) -> Result<std::sync::Arc<dyn Embedder>, String> {
+    Err(format!(
+        "the local embedder ({}) needs a build with the `local-embedder` cargo feature",
+        dir.display()
+    ))
+}
+
+/// The local embedder (all-MiniLM-L6-v2) from `dir` ([`minilm::MiniLm`]).
+#[cfg(feature = "local-embedder")]
+pub fn local(dir: &std::path::Path) -> Result<std::sync::Arc<dyn Embedder>, String> {
+    minilm::MiniLm::load(dir)
+        .map(|m| std::sync::Arc::new(m) as std::sync::Arc<dyn Embedder>)
+        .map_err(|e| e.to_string())
+}

@@ -160,6 +160,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Price of the model, if known (config override, or the built-in table).
     pub price: Option<Price>,
+    /// The model's cache switches (`[models.X] cache`).
+    pub cache: crate::cache::CachePolicy,
     disconnect: DisconnectPolicy,
     tasks: TaskTracker,
 }
@@ -468,6 +470,7 @@ impl Providers {
                     provider,
                     timeouts,
                     price,
+                    cache: m.cache,
                     disconnect: config.server.on_client_disconnect,
                     tasks: tasks.clone(),
                 },

@@ -346,6 +346,15 @@ impl Call {
         self.finish(status, completed, &state.obs);
     }
 
+    /// Answered from the cache: the model becomes the metric label (as for an upstream call) and the
+    /// provider label is `cache`; no upstream attempt, no usage, no cost.
+    pub fn served_from_cache(&self, model: &Arc<str>, outcome: &'static str) {
+        let mut d = self.data();
+        d.model = Some(Label(Arc::clone(model)));
+        d.provider = Some(Label::fixed("cache"));
+        d.cache = Some(outcome);
+    }
+
     /// A whole (non-streaming) response.
     pub fn response(&self, response: &impl ObservedResponse) {
         let mut d = self.data();

@@ -142,11 +142,30 @@ impl Observability {
     }
 }
 
-/// Lowers the calling thread to the lowest scheduling priority (niceness 19 on Linux), for background
-/// threads whose work comes in bursts (span export, request-log commits): the scheduler then runs them
-/// in the gaps between requests instead of making requests wait behind a burst. Best effort: where that
-/// is not allowed the thread keeps its priority.
+/// Lowers the calling thread to the lowest scheduling class, for background threads whose work comes
+/// in bursts (span export, request-log commits): on Linux `SCHED_IDLE` — the thread runs only when no
+/// request thread wants the core, and a waking request thread preempts it at once (with plain niceness
+/// 19 a burst still held the core for a scheduler slice, which showed as p99); elsewhere, or where that
+/// is refused, the lowest niceness. Best effort: where neither is allowed the thread keeps its
+/// priority. Under sustained saturation such threads fall behind, and their bounded queues shed (and
+/// count) what they cannot keep up with: the right order of sacrifice for telemetry.
 pub fn lower_current_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        if set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        )
+        .is_ok()
+        {
+            return;
+        }
+    }
     if let Err(e) =
         thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
     {

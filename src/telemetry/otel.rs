@@ -392,13 +392,19 @@ impl OtelGuard {
     /// (`registry().with(filter).with(fmt_layer).with(guard.as_ref().map(OtelGuard::layer))`).
     ///
     /// It carries its own filter that keeps the exporter's HTTP/gRPC stack and the OTel SDK out, so
-    /// exports are never traced themselves.
+    /// exports are never traced themselves. Busy/idle tracking (`busy_ns`, `idle_ns`: a clock read and
+    /// two span-extension lookups on every enter and exit, i.e. on every poll of a stream's body) and
+    /// thread and source-location attributes are off: per-poll cost on the hot path for attributes no
+    /// GenAI dashboard reads; the span's own start and end times remain.
     pub fn layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
     where
         S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
     {
         tracing_opentelemetry::layer()
             .with_tracer(self.tracer.clone())
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
             .with_filter(filter_fn(|metadata| !is_exporter_target(metadata.target())))
     }
 

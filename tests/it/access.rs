@@ -260,6 +260,7 @@ async fn revoked_and_expired_keys_are_refused_and_every_failure_is_counted() {
         expires_at: Some(sluice::control::unix_ms() - 1),
         revoked_at: None,
         metadata: std::collections::BTreeMap::default(),
+        cache: None,
         created_at: 0,
         source: "api".to_owned(),
     };

@@ -380,3 +380,70 @@ async fn a_session_continues_on_another_replica_through_redis() {
         .unwrap();
     assert_eq!(other.status(), 404);
 }
+
+#[tokio::test]
+async fn replicas_share_cached_replies_semantic_entries_and_purges_through_redis() {
+    let Some(redis) = redis().await else { return };
+    let cache = "[cache]\nsync_interval = \"50ms\"\n\
+                 [cache.semantic]\nembedder = \"hashing\"\nenabled = true\nthreshold = 0.8\n";
+    let text = format!("{}{cache}", config(&redis_state(&redis, "fail-open")));
+    let replicas = start_replicas(&text, &[]).await;
+    let client = reqwest::Client::new();
+    let (a, b) = (&replicas.addrs[0], &replicas.addrs[1]);
+    let ask = |addr: &str, question: &str| {
+        client
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .bearer_auth(RPM_KEY)
+            .json(&json!({"model": "mock-gpt", "temperature": 0,
+                          "messages": [{"role": "user", "content": question}]}))
+            .send()
+    };
+    let header = |r: &reqwest::Response| r.headers()["x-sluice-cache"].to_str().unwrap().to_owned();
+    let stats = |addr: &str| {
+        client
+            .get(format!("http://{addr}/admin/cache"))
+            .bearer_auth(crate::common::UPSTREAM_KEY)
+            .send()
+    };
+    let first = ask(a, "What is the capital of Austria?").await.unwrap();
+    assert_eq!(header(&first), "miss");
+    let first: Value = first.json().await.unwrap();
+    // Replica b has never seen it: the reply comes from Redis.
+    let exact = ask(b, "What is the capital of Austria?").await.unwrap();
+    assert_eq!(header(&exact), "hit");
+    assert_eq!(exact.json::<Value>().await.unwrap(), first);
+    // The semantic entry reaches b through the event stream.
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            let s: Value = stats(b).await.unwrap().json().await.unwrap();
+            s["semantic"]["entries"] == 1
+        })
+        .await,
+        "the semantic entry never reached replica b"
+    );
+    let near = ask(b, "what is the capital of austria").await.unwrap();
+    assert_eq!(header(&near), "semantic-hit");
+    assert_eq!(near.json::<Value>().await.unwrap(), first);
+    // A purge on b empties a too (and Redis).
+    let purge = client
+        .delete(format!("http://{b}/admin/cache?model=mock-gpt"))
+        .bearer_auth(crate::common::UPSTREAM_KEY)
+        .send()
+        .await
+        .unwrap();
+    let purged: Value = purge.json().await.unwrap();
+    assert!(
+        purged["purged"]["shared"].as_u64().unwrap() >= 1,
+        "{purged}"
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            let s: Value = stats(a).await.unwrap().json().await.unwrap();
+            s["entries"] == 0 && s["semantic"]["entries"] == 0
+        })
+        .await,
+        "replica a never applied the purge"
+    );
+    let after = ask(a, "What is the capital of Austria?").await.unwrap();
+    assert_eq!(header(&after), "miss");
+}

@@ -1,0 +1,479 @@
+//! The evaluator: the requested metrics of one sample, run concurrently (judge calls are bounded by
+//! [`Judges`]), each giving a score (`null` when undefined for the sample), or an error naming what went
+//! wrong, plus every intermediate the score was computed from, so it can be audited.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::Metric;
+use super::config::{EvaluationConfig, HASHING_EMBEDDER};
+use super::judge::{JudgeError, Judges, Kind, Tally, rating, verdict};
+use super::metrics;
+use crate::embed::Embedder;
+use crate::state::AppState;
+
+/// One retrieval-augmented answer to evaluate.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct Sample {
+    /// The user's question.
+    pub question: String,
+    /// The retrieved chunks, in retrieval order (rank 1 first).
+    pub contexts: Vec<String>,
+    /// The generated answer.
+    pub answer: String,
+    /// A reference (ground-truth) answer, if known (context recall needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// The outcome of the metrics of one sample.
+#[derive(Debug, Default)]
+pub struct Evaluation {
+    /// Score per metric that ran to the end (`None`: undefined for this sample, e.g. no statements).
+    pub scores: BTreeMap<Metric, Option<f64>>,
+    /// Error per metric that could not be computed.
+    pub errors: BTreeMap<Metric, JudgeError>,
+    /// Intermediates per metric (statements, verdicts, reasons, generated questions).
+    pub details: BTreeMap<Metric, Value>,
+}
+
+impl Evaluation {
+    /// `{scores, errors, details}` as the API returns them.
+    pub fn to_json(&self) -> Value {
+        let scores: serde_json::Map<String, Value> = self
+            .scores
+            .iter()
+            .map(|(m, s)| (m.as_str().to_owned(), json!(s)))
+            .collect();
+        let errors: serde_json::Map<String, Value> = self
+            .errors
+            .iter()
+            .map(|(m, e)| (m.as_str().to_owned(), Value::String(e.to_string())))
+            .collect();
+        let details: serde_json::Map<String, Value> = self
+            .details
+            .iter()
+            .map(|(m, d)| (m.as_str().to_owned(), d.clone()))
+            .collect();
+        json!({"scores": scores, "errors": errors, "details": details})
+    }
+}
+
+/// Evaluates samples with a judge model and an optional embedder.
+pub struct Evaluator {
+    /// The judge machinery (cache, bound, timeout).
+    pub judges: Judges,
+    embedder: Option<Arc<dyn Embedder>>,
+    /// The embedder again when it calls a configured model: it must be bound to the state.
+    provider_embedder: Option<Arc<crate::embed::provider::ProviderEmbedder>>,
+    /// The configured judge model, used when a request names none.
+    pub default_judge: Option<String>,
+    questions_per_answer: usize,
+}
+
+impl Evaluator {
+    /// Builds the evaluator of `[evaluation]`; call [`Evaluator::bind`] once the state exists.
+    pub fn new(config: &EvaluationConfig) -> Self {
+        let provider_embedder = config
+            .embedding_model
+            .as_deref()
+            .filter(|m| *m != HASHING_EMBEDDER)
+            .map(|model| {
+                Arc::new(crate::embed::provider::ProviderEmbedder::new(
+                    model,
+                    config.embedding_dims,
+                ))
+            });
+        let embedder: Option<Arc<dyn Embedder>> =
+            match (&provider_embedder, config.embedding_model.as_deref()) {
+                (Some(p), _) => Some(Arc::clone(p) as Arc<dyn Embedder>),
+                (None, Some(_)) => Some(Arc::new(crate::embed::hashing::HashingEmbedder::new(
+                    config.embedding_dims,
+                ))),
+                (None, None) => None,
+            };
+        Self {
+            judges: Judges::new(
+                config.max_judge_calls,
+                config.judge_timeout,
+                config.cache_entries,
+                config.cache_ttl,
+            ),
+            embedder,
+            provider_embedder,
+            default_judge: config.judge_model.clone(),
+            questions_per_answer: config.questions_per_answer,
+        }
+    }
+
+    /// Connects the judge (and a provider embedder) to the gateway.
+    pub fn bind(&self, state: &AppState) {
+        self.judges.bind(state);
+        if let Some(p) = &self.provider_embedder {
+            p.bind(state);
+        }
+    }
+
+    /// Metrics run when a request names none: every metric the sample and configuration allow, except
+    /// groundedness (an alternative to faithfulness, asked for explicitly).
+    pub fn default_metrics(&self, has_reference: bool) -> Vec<Metric> {
+        Metric::ALL
+            .into_iter()
+            .filter(|m| match m {
+                Metric::ContextRecall => has_reference,
+                Metric::AnswerRelevancy => self.embedder.is_some(),
+                Metric::Groundedness => false,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// Runs `metrics` on `sample` with judge `model`; judge usage goes to `tally`.
+    pub async fn evaluate(
+        &self,
+        model: &str,
+        sample: &Sample,
+        metrics: &[Metric],
+        tally: &Tally,
+    ) -> Evaluation {
+        let run = |metric: Metric| async move {
+            let mut details = json!({});
+            let result = match metric {
+                Metric::Faithfulness => self.faithfulness(model, sample, tally, &mut details).await,
+                Metric::AnswerRelevancy => {
+                    self.answer_relevancy(model, sample, tally, &mut details)
+                        .await
+                }
+                Metric::ContextPrecision => {
+                    self.context_precision(model, sample, tally, &mut details)
+                        .await
+                }
+                Metric::ContextRelevance => {
+                    self.context_relevance(model, sample, tally, &mut details)
+                        .await
+                }
+                Metric::ContextRecall => {
+                    self.context_recall(model, sample, tally, &mut details)
+                        .await
+                }
+                Metric::Groundedness => self.groundedness(model, sample, tally, &mut details).await,
+            };
+            (metric, result, details)
+        };
+        let outcomes = futures_util::future::join_all(metrics.iter().map(|m| run(*m))).await;
+        let mut evaluation = Evaluation::default();
+        for (metric, result, details) in outcomes {
+            match result {
+                Ok(score) => {
+                    evaluation
+                        .scores
+                        .insert(metric, score.filter(|s| s.is_finite()));
+                }
+                Err(e) => {
+                    evaluation.errors.insert(metric, e);
+                }
+            }
+            if details.as_object().is_some_and(|d| !d.is_empty()) {
+                evaluation.details.insert(metric, details);
+            }
+        }
+        evaluation
+    }
+
+    async fn faithfulness(
+        &self,
+        model: &str,
+        s: &Sample,
+        tally: &Tally,
+        details: &mut Value,
+    ) -> Result<Option<f64>, JudgeError> {
+        let reply = self
+            .judges
+            .ask(
+                model,
+                Kind::Statements,
+                &json!({"question": s.question, "answer": s.answer}),
+                tally,
+            )
+            .await?;
+        let statements: Vec<String> = list(&reply, "statements", 0)?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::trim).filter(|t| !t.is_empty()))
+            .map(str::to_owned)
+            .collect();
+        details["statements"] = json!(statements);
+        if statements.is_empty() {
+            return Ok(None);
+        }
+        let reply = self
+            .judges
+            .ask(
+                model,
+                Kind::Faithfulness,
+                &json!({"context": joined(&s.contexts), "statements": statements}),
+                tally,
+            )
+            .await?;
+        let items = list(&reply, "verdicts", statements.len())?;
+        let mut verdicts = Vec::with_capacity(statements.len());
+        let mut shown = Vec::with_capacity(statements.len());
+        for (text, item) in statements.iter().zip(items) {
+            let v = verdict(item.get("verdict").unwrap_or(item))
+                .ok_or_else(|| malformed("a faithfulness verdict is not 0 or 1"))?;
+            verdicts.push(v);
+            shown.push(json!({"text": text, "verdict": u8::from(v), "reason": reason(item)}));
+        }
+        details["statements"] = Value::Array(shown);
+        Ok(metrics::ratio(&verdicts))
+    }
+
+    async fn answer_relevancy(
+        &self,
+        model: &str,
+        s: &Sample,
+        tally: &Tally,
+        details: &mut Value,
+    ) -> Result<Option<f64>, JudgeError> {
+        let embedder = self.embedder.as_ref().ok_or_else(|| {
+            JudgeError::Unavailable(
+                "answer_relevancy needs an embeddings model: set [evaluation] embedding_model"
+                    .to_owned(),
+            )
+        })?;
+        let reply = self
+            .judges
+            .ask(
+                model,
+                Kind::AnswerQuestions,
+                &json!({"answer": s.answer, "n": self.questions_per_answer}),
+                tally,
+            )
+            .await?;
+        let questions: Vec<String> = list(&reply, "questions", 0)?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::trim).filter(|t| !t.is_empty()))
+            .map(str::to_owned)
+            .take(self.questions_per_answer)
+            .collect();
+        let noncommittal = match reply.get("noncommittal") {
+            None | Some(Value::Null) => false,
+            Some(v) => verdict(v).ok_or_else(|| malformed("`noncommittal` is not 0 or 1"))?,
+        };
+        details["noncommittal"] = json!(u8::from(noncommittal));
+        details["embedder"] = json!(embedder.id());
+        if questions.is_empty() {
+            details["generated_questions"] = json!([]);
+            return Ok(None);
+        }
+        let mut texts = Vec::with_capacity(questions.len() + 1);
+        texts.push(s.question.clone());
+        texts.extend(questions.iter().cloned());
+        let vectors = embedder
+            .embed(&texts)
+            .await
+            .map_err(|e| JudgeError::Embedding(e.to_string()))?;
+        let (first, rest) = vectors
+            .split_first()
+            .ok_or_else(|| JudgeError::Embedding("the embedder returned no vectors".to_owned()))?;
+        let cosines: Vec<f64> = rest
+            .iter()
+            .map(|v| f64::from(crate::embed::cosine(first, v)))
+            .collect();
+        details["generated_questions"] = questions
+            .iter()
+            .zip(&cosines)
+            .map(|(q, c)| json!({"question": q, "cosine": c}))
+            .collect();
+        Ok(metrics::answer_relevancy(&cosines, noncommittal))
+    }
+
+    async fn context_precision(
+        &self,
+        model: &str,
+        s: &Sample,
+        tally: &Tally,
+        details: &mut Value,
+    ) -> Result<Option<f64>, JudgeError> {
+        if s.contexts.is_empty() {
+            return Ok(None);
+        }
+        let (against, text) = match &s.reference {
+            Some(r) => ("reference", r.as_str()),
+            None => ("answer", s.answer.as_str()),
+        };
+        details["judged_against"] = json!(against);
+        let reply = self
+            .judges
+            .ask(
+                model,
+                Kind::ContextUsefulness,
+                &json!({"question": s.question, "answer": text, "contexts": indexed(&s.contexts)}),
+                tally,
+            )
+            .await?;
+        let items = list(&reply, "verdicts", s.contexts.len())?;
+        let mut verdicts = Vec::with_capacity(s.contexts.len());
+        let mut shown = Vec::with_capacity(s.contexts.len());
+        for (index, item) in items.iter().take(s.contexts.len()).enumerate() {
+            let v = verdict(item.get("verdict").unwrap_or(item))
+                .ok_or_else(|| malformed("a usefulness verdict is not 0 or 1"))?;
+            verdicts.push(v);
+            shown.push(json!({"index": index, "verdict": u8::from(v), "reason": reason(item)}));
+        }
+        details["chunks"] = Value::Array(shown);
+        Ok(metrics::average_precision(&verdicts))
+    }
+
+    async fn context_relevance(
+        &self,
+        model: &str,
+        s: &Sample,
+        tally: &Tally,
+        details: &mut Value,
+    ) -> Result<Option<f64>, JudgeError> {
+        if s.contexts.is_empty() {
+            return Ok(None);
+        }
+        let reply = self
+            .judges
+            .ask(
+                model,
+                Kind::ContextRelevance,
+                &json!({"question": s.question, "contexts": indexed(&s.contexts)}),
+                tally,
+            )
+            .await?;
+        let (ratings, shown) = ratings(&reply, s.contexts.len(), |i| json!({"index": i}))?;
+        details["chunks"] = shown;
+        Ok(metrics::normalized_mean(&ratings, 3.0))
+    }
+
+    async fn context_recall(
+        &self,
+        model: &str,
+        s: &Sample,
+        tally: &Tally,
+        details: &mut Value,
+    ) -> Result<Option<f64>, JudgeError> {
+        let reference = s.reference.as_deref().ok_or_else(|| {
+            JudgeError::Unavailable("context_recall needs a `reference` answer".to_owned())
+        })?;
+        let sentences = metrics::sentences(reference);
+        if sentences.is_empty() {
+            details["sentences"] = json!([]);
+            return Ok(None);
+        }
+        let reply = self
+            .judges
+            .ask(
+                model,
+                Kind::ContextRecall,
+                &json!({"question": s.question, "context": joined(&s.contexts), "reference_sentences": sentences}),
+                tally,
+            )
+            .await?;
+        let items = list(&reply, "verdicts", sentences.len())?;
+        let mut verdicts = Vec::with_capacity(sentences.len());
+        let mut shown = Vec::with_capacity(sentences.len());
+        for (text, item) in sentences.iter().zip(items) {
+            let v = verdict(
+                item.get("attributed")
+                    .or(item.get("verdict"))
+                    .unwrap_or(item),
+            )
+            .ok_or_else(|| malformed("an attribution verdict is not 0 or 1"))?;
+            verdicts.push(v);
+            shown.push(json!({"text": text, "attributed": u8::from(v), "reason": reason(item)}));
+        }
+        details["sentences"] = Value::Array(shown);
+        Ok(metrics::ratio(&verdicts))
+    }
+
+    async fn groundedness(
+        &self,
+        model: &str,
+        s: &Sample,
+        tally: &Tally,
+        details: &mut Value,
+    ) -> Result<Option<f64>, JudgeError> {
+        let sentences = metrics::sentences(&s.answer);
+        if sentences.is_empty() {
+            details["sentences"] = json!([]);
+            return Ok(None);
+        }
+        let reply = self
+            .judges
+            .ask(
+                model,
+                Kind::Groundedness,
+                &json!({"context": joined(&s.contexts), "sentences": sentences}),
+                tally,
+            )
+            .await?;
+        let (ratings, shown) = ratings(
+            &reply,
+            sentences.len(),
+            |i| json!({"text": sentences.get(i)}),
+        )?;
+        details["sentences"] = shown;
+        Ok(metrics::normalized_mean(&ratings, 3.0))
+    }
+}
+
+fn malformed(what: &str) -> JudgeError {
+    JudgeError::Malformed(what.to_owned())
+}
+
+/// The array `field` of a judge reply, with at least `min` entries.
+fn list<'a>(reply: &'a Value, field: &str, min: usize) -> Result<&'a [Value], JudgeError> {
+    let items = reply
+        .get(field)
+        .and_then(Value::as_array)
+        .ok_or_else(|| JudgeError::Malformed(format!("the reply has no `{field}` list")))?;
+    if items.len() < min {
+        return Err(JudgeError::Malformed(format!(
+            "{} entries in `{field}`, expected {min}",
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
+/// 0–3 ratings from the `scores` list of a reply, one per item, with what to show for each.
+fn ratings(
+    reply: &Value,
+    n: usize,
+    label: impl Fn(usize) -> Value,
+) -> Result<(Vec<f64>, Value), JudgeError> {
+    let items = list(reply, "scores", n)?;
+    let mut ratings = Vec::with_capacity(n);
+    let mut shown = Vec::with_capacity(n);
+    for (i, item) in items.iter().take(n).enumerate() {
+        let r = rating(item.get("score").unwrap_or(item), 3.0)
+            .ok_or_else(|| malformed("a score is not a number from 0 to 3"))?;
+        ratings.push(r);
+        let mut entry = label(i);
+        entry["score"] = json!(r);
+        entry["reason"] = json!(reason(item));
+        shown.push(entry);
+    }
+    Ok((ratings, Value::Array(shown)))
+}
+
+fn reason(item: &Value) -> Option<&str> {
+    item.get("reason").and_then(Value::as_str)
+}
+
+fn joined(contexts: &[String]) -> String {
+    contexts.join("\n\n")
+}
+
+fn indexed(contexts: &[String]) -> Value {
+    contexts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| json!({"index": index, "text": text}))
+        .collect()
+}
