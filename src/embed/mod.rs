@@ -12,6 +12,8 @@
 //! Vectors are L2-normalised, so cosine similarity is a dot product ([`cosine`]).
 
 pub mod hashing;
+#[cfg(feature = "local-embedder")]
+pub mod minilm;
 pub mod provider;
 
 use futures_util::future::BoxFuture;
@@ -62,9 +64,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The local embedder (all-MiniLM-L6-v2) from `dir`; needs the `local-embedder` cargo feature.
+#[cfg(not(feature = "local-embedder"))]
 pub fn local(dir: &std::path::Path) -> Result<std::sync::Arc<dyn Embedder>, String> {
     Err(format!(
         "the local embedder ({}) needs a build with the `local-embedder` cargo feature",
         dir.display()
     ))
+}
+
+/// The local embedder (all-MiniLM-L6-v2) from `dir` ([`minilm::MiniLm`]).
+#[cfg(feature = "local-embedder")]
+pub fn local(dir: &std::path::Path) -> Result<std::sync::Arc<dyn Embedder>, String> {
+    minilm::MiniLm::load(dir)
+        .map(|m| std::sync::Arc::new(m) as std::sync::Arc<dyn Embedder>)
+        .map_err(|e| e.to_string())
 }

@@ -282,7 +282,10 @@ mod tests {
     async fn a_regenerate_raises_the_entry_threshold_above_the_served_similarity() {
         let t = tier(0.8);
         let stored = t.embed("What is the capital of Austria?").await.unwrap();
-        t.insert([1; 32], &stored, meta(7), Duration::from_mins(1));
+        // The entry carries the stored prompt's signature, as the request path stores it.
+        let mut entry = meta(7);
+        entry.signature = Signature::of("What is the capital of Austria?");
+        t.insert([1; 32], &stored, entry, Duration::from_mins(1));
         let query = "what's the capital of Austria";
         let first = t.lookup(&[1; 32], query).await.unwrap();
         assert!(
