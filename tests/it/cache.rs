@@ -270,7 +270,7 @@ async fn errors_and_cut_streams_are_not_stored() {
 
 /// The semantic tier with the deterministic hashing embedder, on for every model; the admin API on;
 /// a price for `gpt` (1,000 USD per million tokens each way) so savings are counted.
-const SEMANTIC: &str = "[cache.semantic]\nembedder = \"hashing\"\nenabled = true\nthreshold = 0.8\n\
+const SEMANTIC: &str = "[cache.semantic]\nembedder = \"hashing\"\nenabled = true\n\
     [admin]\napi_key_env = \"SLUICE_TEST_UPSTREAM_KEY\"\n\
     [models.gpt.price]\ninput = \"1000\"\noutput = \"1000\"\n";
 
@@ -327,6 +327,11 @@ async fn a_near_duplicate_is_a_semantic_hit_within_its_tenant_only() {
     .await;
     assert_eq!(cache_header(&unrelated), "miss");
     assert_eq!(upstream.requests().len(), 3);
+    // A near-miss that needs another answer is refused by the guards, whatever the similarity.
+    let swapped = call(&app, KEY_A, &ask("What is the capital of Australia?"), None).await;
+    assert_eq!(cache_header(&swapped), "miss");
+    assert_ne!(swapped.json::<Value>().await.unwrap(), original);
+    assert_eq!(upstream.requests().len(), 4);
     let m = metrics(&app).await;
     assert_eq!(
         sample(
@@ -337,11 +342,19 @@ async fn a_near_duplicate_is_a_semantic_hit_within_its_tenant_only() {
     );
     assert_eq!(
         sample(&m, "sluice_cache_entries{tier=\"semantic\"}"),
-        "3",
+        "4",
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "sluice_cache_semantic_rejections_total{reason=\"entities\"}"
+        ),
+        "1",
         "{m}"
     );
     // The hit is recorded under its model, served by `cache`, and its original cost is saved.
-    app.wait_finished(4).await;
+    app.wait_finished(5).await;
     let m = metrics(&app).await;
     assert_eq!(
         sample(

@@ -14,17 +14,15 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-use super::guards::{self, Signature};
+use super::guards::{self, Decision, Signature};
 use super::index::{Index, Scope};
 use crate::cache::config::{EmbedderKind, SemanticConfig};
 use crate::cache::key::CacheKey;
 use crate::embed::{EmbedError, Embedder};
 
-/// Threshold for the hashing stand-in when none is configured.
-pub const DEFAULT_THRESHOLD_HASHING: f32 = 0.90;
-/// Threshold for all-MiniLM-L6-v2 when none is configured.
-pub const DEFAULT_THRESHOLD_MINILM: f32 = 0.90;
-/// Threshold for an upstream embeddings model when none is configured.
+/// Threshold for an upstream embeddings model when none is configured: conservative, since no
+/// upstream model could be measured here (docs/CACHE_EVALUATION.md); set `cache.semantic.threshold`
+/// from your own evaluation (`examples/cache_eval`).
 pub const DEFAULT_THRESHOLD_MODEL: f32 = 0.90;
 
 /// How long a served semantic hit is remembered for learning from a regenerate.
@@ -90,9 +88,9 @@ impl SemanticTier {
     /// The tier over `embedder`.
     pub fn new(config: &SemanticConfig, embedder: Arc<dyn Embedder>) -> Self {
         let threshold = config.threshold.unwrap_or(match config.embedder {
-            EmbedderKind::Local => DEFAULT_THRESHOLD_MINILM,
+            EmbedderKind::Local => guards::DEFAULT_THRESHOLD_MINILM,
             EmbedderKind::Model => DEFAULT_THRESHOLD_MODEL,
-            EmbedderKind::Hashing | EmbedderKind::None => DEFAULT_THRESHOLD_HASHING,
+            EmbedderKind::Hashing | EmbedderKind::None => guards::DEFAULT_THRESHOLD_HASHING,
         });
         Self {
             index: Index::new(embedder.dims(), config.max_entries),
@@ -171,20 +169,24 @@ impl SemanticTier {
         }
         let mut reason = "below_threshold";
         for c in candidates {
-            if c.similarity < c.threshold {
-                continue;
+            // The entry's own threshold (the tier's default, raised by learning).
+            match guards::decide(
+                c.similarity,
+                c.threshold,
+                &c.payload.signature,
+                signature,
+                self.guards,
+            ) {
+                Decision::Hit => {
+                    return Outcome::Hit {
+                        key: c.payload.key,
+                        similarity: c.similarity,
+                        entry: c.id,
+                    };
+                }
+                Decision::Blocked(mismatch) => reason = mismatch.as_str(),
+                Decision::Miss => {}
             }
-            if self.guards
-                && let Err(mismatch) = guards::agree(&c.payload.signature, signature)
-            {
-                reason = mismatch.as_str();
-                continue;
-            }
-            return Outcome::Hit {
-                key: c.payload.key,
-                similarity: c.similarity,
-                entry: c.id,
-            };
         }
         Outcome::Miss(reason)
     }
