@@ -9,8 +9,9 @@
 //! The question is the text of the last `user` message; the answer is the reply (streamed or not). A
 //! fraction `[evaluation] sample_rate` of such requests is evaluated: when the answer is complete the
 //! sample is offered to a bounded queue with `try_send` (never waiting; a full queue sheds it and counts
-//! `sluice_rag_shed_total{reason="queue_full"}`; a sample over `max_sample_bytes` is shed as `too_large`), and a worker on the task tracker evaluates at most `online_concurrency` at
-//! once. Scores go to `sluice_rag_score{metric,model,route}` and, when the request log is on, to its
+//! `sluice_rag_shed_total{reason="queue_full"}`; a sample over `max_sample_bytes` is shed as
+//! `too_large`), and a worker on the task tracker evaluates at most `online_concurrency` at once. Only
+//! choice 0 is evaluated. Scores go to `sluice_rag_score{metric,model,route}` and, when the request log is on, to its
 //! `rag_scores` table ([`super::store`]).
 
 use std::pin::Pin;
