@@ -53,29 +53,27 @@ pub async fn create_rag_evaluation(
         }
     }
     let judge = judge_model(&body, rag.evaluator.default_judge.as_deref())?;
-    let requested = parse_metrics(body.get("metrics"))?;
-    let samples = samples(&body, batch, &rag.limits)?;
-    let mut plans = Vec::with_capacity(samples.len());
-    for (i, sample) in samples.iter().enumerate() {
-        let metrics = match &requested {
-            Some(m) => {
-                if m.contains(&Metric::ContextRecall) && sample.reference.is_none() {
-                    let field = if batch {
-                        format!("items[{i}].reference")
-                    } else {
-                        "reference".to_owned()
-                    };
-                    return Err(GatewayError::invalid(
-                        format!("`{field}` is required for the context_recall metric"),
-                        Some(&field),
-                    ));
-                }
-                m.clone()
-            }
-            None => rag.evaluator.default_metrics(sample.reference.is_some()),
-        };
-        plans.push(metrics);
+    // An unknown judge is the request's `judge_model` (or the config's), not a `model` it never sent.
+    if state.providers.route(&judge).is_err() {
+        return Err(GatewayError::invalid(
+            format!("`judge_model`: unknown model `{judge}`"),
+            Some("judge_model"),
+        ));
     }
+    let requested = parse_metrics(body.get("metrics"))?;
+    if requested
+        .as_ref()
+        .is_some_and(|m| m.contains(&Metric::AnswerRelevancy))
+        && !rag.evaluator.has_embedder()
+    {
+        return Err(GatewayError::invalid(
+            "`metrics`: answer_relevancy needs an embeddings model, and none is configured \
+             ([evaluation] embedding_model)",
+            Some("metrics"),
+        ));
+    }
+    let samples = samples(&body, batch, &rag.limits)?;
+    let plans = plan(requested.as_deref(), &samples, batch, &rag.evaluator)?;
     // The caller's limits and budget, and the judge model's, apply to the whole evaluation: one request
     // (rpm, concurrency held until the answer is sent), reserving the judge calls it plans; the judge
     // calls' real tokens and cost settle the admission when the request finishes.
@@ -126,6 +124,37 @@ pub async fn create_rag_evaluation(
         out["judge"] = tally.to_json();
         Ok(Json(out))
     }
+}
+
+/// The metrics of each sample: the requested ones (checked against the sample), else the defaults.
+fn plan(
+    requested: Option<&[Metric]>,
+    samples: &[Sample],
+    batch: bool,
+    evaluator: &crate::eval::rag::Evaluator,
+) -> Result<Vec<Vec<Metric>>, GatewayError> {
+    let mut plans = Vec::with_capacity(samples.len());
+    for (i, sample) in samples.iter().enumerate() {
+        let metrics = match requested {
+            Some(m) => {
+                if m.contains(&Metric::ContextRecall) && sample.reference.is_none() {
+                    let field = if batch {
+                        format!("items[{i}].reference")
+                    } else {
+                        "reference".to_owned()
+                    };
+                    return Err(GatewayError::invalid(
+                        format!("`{field}` is required for the context_recall metric"),
+                        Some(&field),
+                    ));
+                }
+                m.to_vec()
+            }
+            None => evaluator.default_metrics(sample.reference.is_some()),
+        };
+        plans.push(metrics);
+    }
+    Ok(plans)
 }
 
 /// Prompt overhead of one judge call beyond the sample's text (instructions, system message, JSON).
@@ -182,11 +211,9 @@ fn samples(
     limits: &Limits,
 ) -> Result<Vec<Sample>, GatewayError> {
     if !batch {
-        return Ok(vec![parse_sample(
-            &Value::Object(body.clone()),
-            "",
-            limits.max_contexts,
-        )?]);
+        let sample = parse_sample(&Value::Object(body.clone()), "", limits.max_contexts)?;
+        check_size(&sample, None, limits.max_sample_bytes)?;
+        return Ok(vec![sample]);
     }
     let items = body
         .get("items")
@@ -206,8 +233,31 @@ fn samples(
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| parse_sample(item, &format!("items[{i}]."), limits.max_contexts))
+        .map(|(i, item)| {
+            let sample = parse_sample(item, &format!("items[{i}]."), limits.max_contexts)?;
+            check_size(
+                &sample,
+                Some(&format!("items[{i}]")),
+                limits.max_sample_bytes,
+            )?;
+            Ok(sample)
+        })
         .collect()
+}
+
+/// A sample larger than `max_sample_bytes` is a 400 naming it (`items[i]`; the body itself: no field).
+fn check_size(sample: &Sample, field: Option<&str>, max: usize) -> Result<(), GatewayError> {
+    let bytes = sample.bytes();
+    if bytes <= max {
+        return Ok(());
+    }
+    let what = field.map_or_else(|| "the sample".to_owned(), |f| format!("`{f}`"));
+    Err(GatewayError::invalid(
+        format!(
+            "{what} is {bytes} bytes (question, contexts, answer and reference); at most {max}"
+        ),
+        field,
+    ))
 }
 
 /// The `metrics` field: known names, deduplicated; `None` when absent (defaults apply).

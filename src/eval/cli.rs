@@ -4,7 +4,9 @@
 //!
 //! Each dataset line is `{question, contexts[], answer, reference?, id?}`. Rows are sent in batches;
 //! the results go to `DIR/results.jsonl` (one line per row: the row's id, question and answer with its
-//! scores, errors and details) and `DIR/report.html` ([`super::report`]). A progress bar is drawn on
+//! scores, errors and details), appended as each batch finishes, and `DIR/report.html`
+//! ([`super::report`]). A batch that fails stops the run with an error naming its rows; the rows
+//! evaluated before it stay in `results.jsonl` (and in a report of them). A progress bar is drawn on
 //! stderr when it is a terminal. The API key, if the gateway requires one, comes from the environment
 //! variable named by `--api-key-env` (default `SLUICE_API_KEY`), never from a flag.
 
@@ -85,6 +87,26 @@ pub enum EvalCliError {
         /// Its error message.
         message: String,
     },
+    /// The gateway answered 200 with something that is not one result per row.
+    #[error("evaluation API: unusable reply: {0}")]
+    Reply(String),
+    /// A batch failed after earlier ones succeeded: their rows are kept.
+    #[error(
+        "rows {first}-{last} failed: {source}; the {done} rows evaluated before them are in {}",
+        results.display()
+    )]
+    Partial {
+        /// First row of the failed batch (0-based, dataset order).
+        first: usize,
+        /// Last row of the failed batch.
+        last: usize,
+        /// Rows evaluated and written before it.
+        done: usize,
+        /// `results.jsonl`.
+        results: PathBuf,
+        /// Why the batch failed.
+        source: Box<EvalCliError>,
+    },
 }
 
 /// Longest wait for one batch (each row makes several judge calls).
@@ -149,14 +171,36 @@ pub async fn run_rag(
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
+    let results_path = args.out.join("results.jsonl");
+    let mut file = create_results(&args.out, &results_path)?;
     let mut results = Vec::with_capacity(rows.len());
     let (mut calls, mut cached, mut cost) = (0u64, 0u64, None::<f64>);
-    for (batch_no, batch) in rows.chunks(usize::from(args.batch_size)).enumerate() {
-        let answer = match post_batch(&http, &endpoint, url, args, batch, api_key).await {
-            Ok(a) => a,
+    let batch_size = usize::from(args.batch_size);
+    for (batch_no, batch) in rows.chunks(batch_size).enumerate() {
+        let first = batch_no * batch_size;
+        let done = results.len();
+        let outcome = async {
+            let answer = post_batch(&http, &endpoint, url, args, batch, api_key).await?;
+            let rows = batch_rows(first, batch, &answer)?;
+            append(&mut file, &results_path, &rows)?;
+            Ok::<_, EvalCliError>((answer, rows))
+        }
+        .await;
+        let (answer, rows) = match outcome {
+            Ok(ok) => ok,
             Err(e) => {
                 bar.abandon();
-                return Err(e);
+                // What was evaluated before stays: in results.jsonl already, and in a report of it.
+                if done > 0 {
+                    write_report(&args.out, &args.dataset, &results)?;
+                }
+                return Err(EvalCliError::Partial {
+                    first,
+                    last: first + batch.len() - 1,
+                    done,
+                    results: results_path,
+                    source: Box::new(e),
+                });
             }
         };
         calls += answer["judge"]["calls"].as_u64().unwrap_or(0);
@@ -164,27 +208,70 @@ pub async fn run_rag(
         if let Some(c) = answer["judge"]["cost_usd"].as_f64() {
             cost = Some(cost.unwrap_or(0.0) + c);
         }
-        for (i, (row, out)) in batch
-            .iter()
-            .zip(answer["data"].as_array().into_iter().flatten())
-            .enumerate()
-        {
-            let index = batch_no * usize::from(args.batch_size) + i;
-            results.push(json!({
-                "index": index,
+        results.extend(rows);
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    write_report(&args.out, &args.dataset, &results)?;
+    Ok(summary(&results, &args.out, calls, cached, cost))
+}
+
+/// The result rows of one batch from the API's answer: exactly one `data` entry per row, in order.
+fn batch_rows(first: usize, batch: &[Value], answer: &Value) -> Result<Vec<Value>, EvalCliError> {
+    let data = answer["data"]
+        .as_array()
+        .ok_or_else(|| EvalCliError::Reply("no `data` list".to_owned()))?;
+    if data.len() != batch.len() {
+        return Err(EvalCliError::Reply(format!(
+            "{} results for a batch of {} rows",
+            data.len(),
+            batch.len()
+        )));
+    }
+    Ok(batch
+        .iter()
+        .zip(data)
+        .enumerate()
+        .map(|(i, (row, out))| {
+            json!({
+                "index": first + i,
                 "id": row.get("id").cloned().unwrap_or(Value::Null),
                 "question": row["question"],
                 "answer": row["answer"],
                 "scores": out["scores"],
                 "errors": out["errors"],
                 "details": out["details"],
-            }));
-        }
-        bar.inc(batch.len() as u64);
+            })
+        })
+        .collect())
+}
+
+/// Creates the output directory and an empty `results.jsonl`.
+fn create_results(out: &Path, path: &Path) -> Result<std::fs::File, EvalCliError> {
+    std::fs::create_dir_all(out).map_err(|source| EvalCliError::Write {
+        path: out.to_owned(),
+        source,
+    })?;
+    std::fs::File::create(path).map_err(|source| EvalCliError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Appends result rows to `results.jsonl`, one JSON line each, flushed before the next batch starts.
+fn append(file: &mut std::fs::File, path: &Path, rows: &[Value]) -> Result<(), EvalCliError> {
+    use std::io::Write as _;
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&r.to_string());
+        text.push('\n');
     }
-    bar.finish_and_clear();
-    write_outputs(&args.out, &args.dataset, &results)?;
-    Ok(summary(&results, &args.out, calls, cached, cost))
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|source| EvalCliError::Write {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// What the command prints: counts, judge usage and per-metric means with intervals.
@@ -261,20 +348,7 @@ async fn post_batch(
     Ok(answer)
 }
 
-fn write_outputs(out: &Path, dataset: &Path, results: &[Value]) -> Result<(), EvalCliError> {
-    let write = |path: PathBuf, text: String| {
-        std::fs::write(&path, text).map_err(|source| EvalCliError::Write { path, source })
-    };
-    std::fs::create_dir_all(out).map_err(|source| EvalCliError::Write {
-        path: out.to_owned(),
-        source,
-    })?;
-    let mut jsonl = String::new();
-    for r in results {
-        jsonl.push_str(&r.to_string());
-        jsonl.push('\n');
-    }
-    write(out.join("results.jsonl"), jsonl)?;
+fn write_report(out: &Path, dataset: &Path, results: &[Value]) -> Result<(), EvalCliError> {
     let title = format!(
         "RAG evaluation of {}",
         dataset.file_name().map_or_else(
@@ -282,8 +356,35 @@ fn write_outputs(out: &Path, dataset: &Path, results: &[Value]) -> Result<(), Ev
             |f| f.to_string_lossy().into_owned()
         )
     );
-    write(
-        out.join("report.html"),
-        super::report::render(&title, results),
-    )
+    let path = out.join("report.html");
+    std::fs::write(&path, super::report::render(&title, results))
+        .map_err(|source| EvalCliError::Write { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_must_hold_one_result_per_row() {
+        let batch = [
+            json!({"question": "q1", "answer": "a1", "id": "x"}),
+            json!({"question": "q2", "answer": "a2"}),
+        ];
+        let one = json!({"data": [{"scores": {"faithfulness": 1.0}, "errors": {}, "details": {}}]});
+        let e = batch_rows(4, &batch, &one).unwrap_err().to_string();
+        assert!(e.contains("1 results for a batch of 2 rows"), "{e}");
+        let e = batch_rows(4, &batch, &json!({"object": "list"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no `data` list"), "{e}");
+        let two =
+            json!({"data": [{"scores": {"faithfulness": 1.0}}, {"scores": {"faithfulness": 0.5}}]});
+        let rows = batch_rows(4, &batch, &two).unwrap();
+        assert_eq!(rows[0]["index"], 4);
+        assert_eq!(rows[0]["id"], "x");
+        assert_eq!(rows[1]["index"], 5);
+        assert_eq!(rows[1]["question"], "q2");
+        assert_eq!(rows[1]["scores"]["faithfulness"], 0.5);
+    }
 }

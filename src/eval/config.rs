@@ -7,6 +7,23 @@ use serde::Deserialize;
 /// The special `embedding_model` value naming the built-in lexical stand-in embedder (tests, CI).
 pub const HASHING_EMBEDDER: &str = "hashing";
 
+/// Upper bound of `queue_capacity`.
+pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+/// Upper bound of `online_concurrency` and `max_judge_calls`.
+pub const MAX_CONCURRENCY: usize = 10_000;
+/// Upper bound of `questions_per_answer`.
+pub const MAX_QUESTIONS: usize = 20;
+/// Upper bound of `max_batch`.
+pub const MAX_BATCH: usize = 10_000;
+/// Upper bound of `max_contexts`.
+pub const MAX_CONTEXTS: usize = 10_000;
+/// Upper bound of `embedding_dims`.
+pub const MAX_EMBEDDING_DIMS: usize = 65_536;
+/// Upper bound of `max_sample_bytes` (64 MiB).
+pub const MAX_SAMPLE_BYTES: usize = 64 * 1024 * 1024;
+/// Upper bound of `cache_entries`.
+pub const MAX_CACHE_ENTRIES: u64 = 100_000_000;
+
 /// `[evaluation]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,6 +61,9 @@ pub struct EvaluationConfig {
     pub max_batch: usize,
     /// Most contexts per sample.
     pub max_contexts: usize,
+    /// Largest sample, in bytes of question, contexts, answer and reference together: a larger one is
+    /// a 400 from the API and is shed (`reason="too_large"`) online.
+    pub max_sample_bytes: usize,
     /// Keep at most this many online score rows in the request log database.
     pub max_stored: u64,
 }
@@ -65,6 +85,7 @@ impl Default for EvaluationConfig {
             questions_per_answer: 3,
             max_batch: 64,
             max_contexts: 64,
+            max_sample_bytes: 256 * 1024,
             max_stored: 1_000_000,
         }
     }
@@ -76,18 +97,41 @@ impl EvaluationConfig {
         if !(0.0..=1.0).contains(&self.sample_rate) {
             return Err("sample_rate must be between 0 and 1".to_owned());
         }
-        for (name, value) in [
-            ("queue_capacity", self.queue_capacity),
-            ("online_concurrency", self.online_concurrency),
-            ("max_judge_calls", self.max_judge_calls),
-            ("questions_per_answer", self.questions_per_answer),
-            ("max_batch", self.max_batch),
-            ("max_contexts", self.max_contexts),
-            ("embedding_dims", self.embedding_dims),
+        // Upper bounds keep a typo (an extra few zeros) a config error instead of a semaphore or channel
+        // that panics at start-up (tokio caps permits at `usize::MAX >> 3`) or memory reserved for
+        // nothing.
+        for (name, value, max) in [
+            ("queue_capacity", self.queue_capacity, MAX_QUEUE_CAPACITY),
+            (
+                "online_concurrency",
+                self.online_concurrency,
+                MAX_CONCURRENCY,
+            ),
+            ("max_judge_calls", self.max_judge_calls, MAX_CONCURRENCY),
+            (
+                "questions_per_answer",
+                self.questions_per_answer,
+                MAX_QUESTIONS,
+            ),
+            ("max_batch", self.max_batch, MAX_BATCH),
+            ("max_contexts", self.max_contexts, MAX_CONTEXTS),
+            ("embedding_dims", self.embedding_dims, MAX_EMBEDDING_DIMS),
+            ("max_sample_bytes", self.max_sample_bytes, MAX_SAMPLE_BYTES),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+            if value > max {
+                return Err(format!("{name} must be at most {max}"));
+            }
+        }
+        if self.cache_entries > MAX_CACHE_ENTRIES {
+            return Err(format!("cache_entries must be at most {MAX_CACHE_ENTRIES}"));
+        }
+        if self.max_stored == 0 {
+            return Err(
+                "max_stored must be at least 1 (set sample_rate = 0 to store nothing)".to_owned(),
+            );
         }
         if self.judge_timeout.is_zero() {
             return Err("judge_timeout must be greater than 0".to_owned());
@@ -108,5 +152,64 @@ impl EvaluationConfig {
             return Err("sample_rate > 0 needs a judge_model".to_owned());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(f: impl FnOnce(&mut EvaluationConfig)) -> Result<(), String> {
+        let mut c = EvaluationConfig::default();
+        f(&mut c);
+        c.validate(|_| true)
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(check(|_| {}), Ok(()));
+    }
+
+    #[test]
+    fn huge_sizes_are_config_errors_not_start_up_panics() {
+        // Past tokio's permit cap (usize::MAX >> 3): Semaphore::new / mpsc::channel would panic.
+        let huge = usize::MAX >> 2;
+        let cases: [(&str, Result<(), String>); 6] = [
+            ("queue_capacity", check(|c| c.queue_capacity = huge)),
+            ("online_concurrency", check(|c| c.online_concurrency = huge)),
+            ("max_judge_calls", check(|c| c.max_judge_calls = huge)),
+            (
+                "questions_per_answer",
+                check(|c| c.questions_per_answer = huge),
+            ),
+            ("max_sample_bytes", check(|c| c.max_sample_bytes = huge)),
+            ("max_batch", check(|c| c.max_batch = huge)),
+        ];
+        for (name, result) in cases {
+            let err = result.unwrap_err();
+            assert!(err.starts_with(&format!("{name} must be at most")), "{err}");
+        }
+        let err = check(|c| c.cache_entries = u64::MAX).unwrap_err();
+        assert!(err.starts_with("cache_entries must be at most"), "{err}");
+        // The bounds themselves are accepted.
+        assert_eq!(
+            check(|c| {
+                c.queue_capacity = MAX_QUEUE_CAPACITY;
+                c.max_judge_calls = MAX_CONCURRENCY;
+                c.cache_entries = MAX_CACHE_ENTRIES;
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn zero_sizes_are_config_errors() {
+        let err = check(|c| c.max_stored = 0).unwrap_err();
+        assert!(err.starts_with("max_stored must be at least 1"), "{err}");
+        let err = check(|c| c.max_sample_bytes = 0).unwrap_err();
+        assert!(
+            err.starts_with("max_sample_bytes must be at least 1"),
+            "{err}"
+        );
     }
 }

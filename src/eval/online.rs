@@ -9,8 +9,9 @@
 //! The question is the text of the last `user` message; the answer is the reply (streamed or not). A
 //! fraction `[evaluation] sample_rate` of such requests is evaluated: when the answer is complete the
 //! sample is offered to a bounded queue with `try_send` (never waiting; a full queue sheds it and counts
-//! `sluice_rag_shed_total`), and a worker on the task tracker evaluates at most `online_concurrency` at
-//! once. Scores go to `sluice_rag_score{metric,model,route}` and, when the request log is on, to its
+//! `sluice_rag_shed_total{reason="queue_full"}`; a sample over `max_sample_bytes` is shed as
+//! `too_large`), and a worker on the task tracker evaluates at most `online_concurrency` at once. Only
+//! choice 0 is evaluated. Scores go to `sluice_rag_score{metric,model,route}` and, when the request log is on, to its
 //! `rag_scores` table ([`super::store`]).
 
 use std::pin::Pin;
@@ -45,6 +46,38 @@ pub struct Limits {
     pub max_batch: usize,
     /// Most contexts per sample.
     pub max_contexts: usize,
+    /// Largest sample in bytes ([`Sample::bytes`]).
+    pub max_sample_bytes: usize,
+}
+
+/// Why a sampled request was not evaluated: the `reason` label of `sluice_rag_shed_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The queue was full.
+    QueueFull,
+    /// The sample (question, contexts and answer) is larger than `max_sample_bytes`, or the streamed
+    /// answer was cut at that cap.
+    TooLarge,
+}
+
+impl ShedReason {
+    /// Every reason: the label values are fixed.
+    pub const ALL: [Self; 2] = [Self::QueueFull, Self::TooLarge];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::TooLarge => "too_large",
+        }
+    }
+}
+
+/// `reason` (`queue_full`, `too_large`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    /// [`ShedReason::as_str`].
+    pub reason: &'static str,
 }
 
 /// `metric`, `model`, `route`.
@@ -84,8 +117,9 @@ pub struct RagMetrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// `sluice_rag_evaluations_total`: online samples evaluated.
     pub evaluations: Counter,
-    /// `sluice_rag_shed_total`: sampled requests dropped because the queue was full.
-    pub shed: Counter,
+    /// `sluice_rag_shed_total{reason}`: sampled requests not evaluated because the queue was full or the
+    /// sample too large.
+    pub shed: Family<ShedLabels, Counter>,
 }
 
 impl Default for RagMetrics {
@@ -95,7 +129,7 @@ impl Default for RagMetrics {
             null_scores: Family::default(),
             errors: Family::default(),
             evaluations: Counter::default(),
-            shed: Counter::default(),
+            shed: Family::default(),
         }
     }
 }
@@ -123,11 +157,26 @@ impl RagMetrics {
             "Online RAG samples evaluated",
             self.evaluations.clone(),
         );
+        // Every reason is exported from the start (at 0), so a rate over it never starts from nothing.
+        for reason in ShedReason::ALL {
+            drop(self.shed.get_or_create(&ShedLabels {
+                reason: reason.as_str(),
+            }));
+        }
         registry.register(
             "rag_shed",
-            "Sampled RAG evaluations dropped because the queue was full",
+            "Sampled RAG evaluations not evaluated: the queue was full or the sample too large",
             self.shed.clone(),
         );
+    }
+
+    /// Counts a sampled request that is not evaluated.
+    pub fn shed(&self, reason: ShedReason) {
+        self.shed
+            .get_or_create(&ShedLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 }
 
@@ -204,6 +253,7 @@ impl Rag {
             limits: Limits {
                 max_batch: config.max_batch,
                 max_contexts: config.max_contexts,
+                max_sample_bytes: config.max_sample_bytes,
             },
             metrics,
             sampler,
@@ -257,9 +307,21 @@ impl Rag {
             .find(|m| m.role == "user")
             .map(crate::protocol::openai::ChatMessage::text_content)
             .unwrap_or_default();
+        let given = question.len() + contexts.iter().map(String::len).sum::<usize>();
+        // What is left of `max_sample_bytes` for the answer; nothing left: shed now, collect nothing.
+        let Some(answer_budget) = self
+            .limits
+            .max_sample_bytes
+            .checked_sub(given)
+            .filter(|b| *b > 0)
+        else {
+            self.metrics.shed(ShedReason::TooLarge);
+            return Ok(None);
+        };
         Ok(Some(Hook {
             question,
             contexts,
+            answer_budget,
             model: Label(Arc::from(req.model.as_str())),
         }))
     }
@@ -289,7 +351,7 @@ impl Rag {
             return;
         };
         if sampler.tx.try_send(job).is_err() {
-            self.metrics.shed.inc();
+            self.metrics.shed(ShedReason::QueueFull);
         }
     }
 }
@@ -298,27 +360,36 @@ impl Rag {
 pub struct Hook {
     question: String,
     contexts: Vec<String>,
+    /// Longest answer that keeps the sample within `max_sample_bytes`.
+    answer_budget: usize,
     model: Label,
 }
 
 impl Hook {
-    /// A non-streaming reply is complete: queue its evaluation.
+    /// A non-streaming reply is complete: queue the evaluation of its first choice (`index` 0).
     pub fn answered(self, state: &AppState, call: &Call, reply: &ChatCompletion) {
         let answer = reply
             .choices
-            .first()
+            .iter()
+            .find(|c| c.index == 0)
             .map(|c| c.message.text_content())
             .unwrap_or_default();
+        if answer.len() > self.answer_budget {
+            state.rag.metrics.shed(ShedReason::TooLarge);
+            return;
+        }
         self.submit(state, call, answer);
     }
 
-    /// Wraps a chat stream: when it ends normally, the streamed text is evaluated. A stream cut by an
-    /// error or a client disconnect is not.
+    /// Wraps a chat stream: when it ends normally, the streamed text of choice 0 is evaluated. A stream
+    /// cut by an error or a client disconnect is not, nor one whose answer outgrew `max_sample_bytes`
+    /// (collection stops there, and the sample is shed as `too_large`).
     pub fn watch(self, state: &AppState, call: Arc<Call>, stream: ChunkStream) -> ChunkStream {
         Watched {
             inner: stream,
             text: String::new(),
             failed: false,
+            truncated: false,
             pending: Some((self, state.clone(), call)),
         }
         .boxed()
@@ -346,6 +417,8 @@ struct Watched {
     inner: ChunkStream,
     text: String,
     failed: bool,
+    /// The answer outgrew its budget: collection stopped, the sample will be shed.
+    truncated: bool,
     pending: Option<(Hook, AppState, Arc<Call>)>,
 }
 
@@ -355,25 +428,36 @@ impl Stream for Watched {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let item = std::task::ready!(self.inner.poll_next_unpin(cx));
         match &item {
-            Some(Ok(chunk)) => {
+            Some(Ok(chunk)) if !self.truncated => {
+                // With `n` > 1 the choices interleave: only choice 0 is the answer evaluated.
                 if let Some(text) = chunk
                     .choices
-                    .first()
+                    .iter()
+                    .find(|c| c.index == 0)
                     .and_then(|c| c.delta.content.as_deref())
                 {
-                    // The answer is bounded by the model's output limit; cap it anyway.
-                    if self.text.len() + text.len() <= MAX_ANSWER_BYTES {
+                    let budget = self.pending.as_ref().map_or(0, |(h, ..)| h.answer_budget);
+                    if self.text.len() + text.len() <= budget {
                         self.text.push_str(text);
+                    } else {
+                        // A sample with a hole is not the answer: stop collecting, shed it at the end.
+                        self.truncated = true;
+                        self.text = String::new();
                     }
                 }
             }
+            Some(Ok(_)) => {}
             Some(Err(_)) => self.failed = true,
             None => {
                 if !self.failed
                     && let Some((hook, state, call)) = self.pending.take()
                 {
-                    let text = std::mem::take(&mut self.text);
-                    hook.submit(&state, &call, text);
+                    if self.truncated {
+                        state.rag.metrics.shed(ShedReason::TooLarge);
+                    } else {
+                        let text = std::mem::take(&mut self.text);
+                        hook.submit(&state, &call, text);
+                    }
                 }
             }
         }
@@ -381,11 +465,8 @@ impl Stream for Watched {
     }
 }
 
-/// Longest streamed answer kept for evaluation.
-const MAX_ANSWER_BYTES: usize = 256 * 1024;
-
-/// Removes `sluice.rag` from the request (and `sluice` if nothing else is left in it); the contexts, if
-/// the extension was there.
+/// Removes `sluice` (whose only key is `rag`) from the request; the contexts, if the extension was
+/// there. Any other key in `sluice` is a 400: it is a mistake, and would otherwise go upstream.
 fn take_contexts(req: &mut ChatRequest, max: usize) -> Result<Option<Vec<String>>, GatewayError> {
     let Some(Value::Object(ext)) = req.extra.get_mut("sluice") else {
         return match req.extra.get("sluice") {
@@ -396,10 +477,15 @@ fn take_contexts(req: &mut ChatRequest, max: usize) -> Result<Option<Vec<String>
             )),
         };
     };
-    let rag = ext.remove("rag");
-    if ext.is_empty() {
-        req.extra.remove("sluice");
+    if let Some(key) = ext.keys().find(|k| *k != "rag") {
+        let f = format!("sluice.{key}");
+        return Err(GatewayError::invalid(
+            format!("unknown field `{f}` (known: `sluice.rag`)"),
+            Some(&f),
+        ));
     }
+    let rag = ext.remove("rag");
+    req.extra.remove("sluice");
     let Some(rag) = rag else {
         return Ok(None);
     };

@@ -28,6 +28,16 @@ pub struct Sample {
     pub reference: Option<String>,
 }
 
+impl Sample {
+    /// Bytes of its text: question, contexts, answer and reference (what `max_sample_bytes` bounds).
+    pub fn bytes(&self) -> usize {
+        self.question.len()
+            + self.contexts.iter().map(String::len).sum::<usize>()
+            + self.answer.len()
+            + self.reference.as_ref().map_or(0, String::len)
+    }
+}
+
 /// The outcome of the metrics of one sample.
 #[derive(Debug, Default)]
 pub struct Evaluation {
@@ -117,6 +127,11 @@ impl Evaluator {
         }
     }
 
+    /// Whether an embedder is configured (answer relevancy needs one).
+    pub fn has_embedder(&self) -> bool {
+        self.embedder.is_some()
+    }
+
     /// Metrics run when a request names none: every metric the sample and configuration allow, except
     /// groundedness (an alternative to faithfulness, asked for explicitly).
     pub fn default_metrics(&self, has_reference: bool) -> Vec<Metric> {
@@ -166,11 +181,14 @@ impl Evaluator {
         let outcomes = futures_util::future::join_all(metrics.iter().map(|m| run(*m))).await;
         let mut evaluation = Evaluation::default();
         for (metric, result, details) in outcomes {
+            // A NaN or infinite score is a failure to say so, never a silent null.
+            let result = result.and_then(|score| match score {
+                Some(s) if !s.is_finite() => Err(malformed("the score is not a finite number")),
+                score => Ok(score),
+            });
             match result {
                 Ok(score) => {
-                    evaluation
-                        .scores
-                        .insert(metric, score.filter(|s| s.is_finite()));
+                    evaluation.scores.insert(metric, score);
                 }
                 Err(e) => {
                     evaluation.errors.insert(metric, e);
@@ -286,13 +304,7 @@ impl Evaluator {
             .embed(&texts)
             .await
             .map_err(|e| JudgeError::Embedding(e.to_string()))?;
-        let (first, rest) = vectors
-            .split_first()
-            .ok_or_else(|| JudgeError::Embedding("the embedder returned no vectors".to_owned()))?;
-        let cosines: Vec<f64> = rest
-            .iter()
-            .map(|v| f64::from(crate::embed::cosine(first, v)))
-            .collect();
+        let cosines = relevancy_cosines(&vectors, texts.len())?;
         details["generated_questions"] = questions
             .iter()
             .zip(&cosines)
@@ -446,6 +458,68 @@ impl Evaluator {
     }
 }
 
+/// Cosines between the question's vector (the first) and each generated question's, checked: one vector
+/// per text, all of one dimension, none zero or non-finite, every cosine finite. A broken embedding is an
+/// error of the metric, never a silent 0 (a zero vector) or null (NaN).
+fn relevancy_cosines(vectors: &[Vec<f32>], texts: usize) -> Result<Vec<f64>, JudgeError> {
+    let bad = |m: String| {
+        Err(JudgeError::Embedding(format!(
+            "answer_relevancy embeddings: {m}"
+        )))
+    };
+    if vectors.len() != texts {
+        return bad(format!(
+            "the embedder returned {} vectors for {texts} texts",
+            vectors.len()
+        ));
+    }
+    let Some((first, rest)) = vectors.split_first() else {
+        return bad("the embedder returned no vectors".to_owned());
+    };
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    for (i, v) in vectors.iter().enumerate() {
+        let what = if i == 0 {
+            "the question".to_owned()
+        } else {
+            format!("generated question {i}")
+        };
+        if v.len() != first.len() {
+            return bad(format!(
+                "dimension mismatch: {what} has {} dimensions, the question {}",
+                v.len(),
+                first.len()
+            ));
+        }
+        let n = norm(v);
+        if !n.is_finite() {
+            return bad(format!(
+                "the vector of {what} is not finite (NaN or infinity)"
+            ));
+        }
+        if n == 0.0 {
+            return bad(format!("the vector of {what} is zero"));
+        }
+    }
+    let first_norm = norm(first);
+    let mut cosines = Vec::with_capacity(rest.len());
+    for (i, v) in rest.iter().enumerate() {
+        let dot: f64 = first
+            .iter()
+            .zip(v)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        let c = dot / (first_norm * norm(v));
+        if !c.is_finite() {
+            return bad(format!(
+                "the cosine of generated question {} is not finite",
+                i + 1
+            ));
+        }
+        cosines.push(c);
+    }
+    Ok(cosines)
+}
+
 fn malformed(what: &str) -> JudgeError {
     JudgeError::Malformed(what.to_owned())
 }
@@ -500,4 +574,46 @@ fn indexed(contexts: &[String]) -> Value {
         .enumerate()
         .map(|(index, text)| json!({"index": index, "text": text}))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(vectors: &[Vec<f32>], texts: usize) -> String {
+        relevancy_cosines(vectors, texts).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn cosines_of_sound_vectors() {
+        let c = relevancy_cosines(&[vec![1.0, 0.0], vec![1.0, 0.0], vec![0.0, 2.0]], 3).unwrap();
+        assert_eq!(c, [1.0, 0.0]);
+        // Not normalised by the embedder: still a cosine.
+        let c = relevancy_cosines(&[vec![3.0, 4.0], vec![6.0, 8.0]], 2).unwrap();
+        assert!((c[0] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn broken_embeddings_are_errors_not_zero_or_null() {
+        let e = err(&[vec![1.0, 0.0], vec![0.0, 0.0]], 2);
+        assert!(e.contains("generated question 1 is zero"), "{e}");
+        let e = err(&[vec![0.0, 0.0], vec![1.0, 0.0]], 2);
+        assert!(e.contains("the question is zero"), "{e}");
+        let e = err(&[vec![1.0, 0.0], vec![1.0, 0.0, 0.0]], 2);
+        assert!(e.contains("dimension mismatch"), "{e}");
+        let e = err(&[vec![1.0, 0.0], vec![f32::NAN, 1.0]], 2);
+        assert!(e.contains("not finite"), "{e}");
+        let e = err(&[vec![1.0, 0.0], vec![f32::INFINITY, 1.0]], 2);
+        assert!(e.contains("not finite"), "{e}");
+        let e = err(&[vec![1.0, 0.0]], 2);
+        assert!(e.contains("1 vectors for 2 texts"), "{e}");
+        let e = relevancy_cosines(&[vec![1.0], vec![1.0]], 2).map(|_| ());
+        assert!(e.is_ok());
+        assert_eq!(
+            relevancy_cosines(&[vec![1.0, 0.0], vec![0.0, 0.0]], 2)
+                .unwrap_err()
+                .kind(),
+            "embedding"
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //! lenient parser is exercised too.
 //!
 //! Failure modes, per judgment kind or for all: [`Mode::Malformed`] (prose, no JSON), [`Mode::Hang`]
-//! (never answers), [`Mode::RateLimited`] (429 in OpenAI's error shape).
+//! (never answers), [`Mode::RateLimited`] (429 in OpenAI's error shape), [`Mode::ServerError`] (500),
+//! [`Mode::ShortList`] (well-formed JSON with the last entry of each list missing).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,6 +36,10 @@ pub enum Mode {
     Hang,
     /// 429 with an OpenAI-shaped error body.
     RateLimited,
+    /// 500 with an OpenAI-shaped error body.
+    ServerError,
+    /// The normal judgment, well-formed, but every list one entry short (a wrong verdict count).
+    ShortList,
 }
 
 #[derive(Default)]
@@ -147,15 +152,32 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Res
             )
                 .into_response();
         }
+        Mode::ServerError => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": {"message": "The judge had an error", "type": "server_error", "param": null, "code": null}})),
+            )
+                .into_response();
+        }
         Mode::Malformed => {
             "I am sorry, I cannot produce a verdict in the requested format.".to_owned()
         }
-        Mode::Normal => {
+        Mode::Normal | Mode::ShortList => {
             let input = prompt
                 .split_once("\nInput:\n")
                 .and_then(|(_, i)| serde_json::from_str::<Value>(i).ok())
                 .unwrap_or(Value::Null);
-            match judge(&kind, &input) {
+            let judged = judge(&kind, &input).map(|mut v| {
+                if mode == Mode::ShortList
+                    && let Some(obj) = v.as_object_mut()
+                {
+                    for list in obj.values_mut().filter_map(Value::as_array_mut) {
+                        list.pop();
+                    }
+                }
+                v
+            });
+            match judged {
                 Some(v) => format!("Here is my judgment:\n```json\n{v:#}\n```"),
                 None => "Unknown judgment.".to_owned(),
             }

@@ -228,7 +228,7 @@ async fn batches_keep_their_order() {
 
 #[tokio::test]
 async fn client_mistakes_are_400s_naming_the_field() {
-    let (app, _judge, _up) = start("max_batch = 2\n").await;
+    let (app, _judge, _up) = start("max_batch = 2\nmax_sample_bytes = 2000\n").await;
     let with = |f: &dyn Fn(&mut Value)| {
         let mut b = sample();
         f(&mut b);
@@ -265,6 +265,12 @@ async fn client_mistakes_are_400s_naming_the_field() {
             "items[1].contexts",
         ),
         (with(&|b| b["judge_model"] = json!(5)), "judge_model"),
+        // An unknown judge is named as the field the request sent, not `model`.
+        (with(&|b| b["judge_model"] = json!("nope")), "judge_model"),
+        (
+            json!({"items": [sample(), with(&|b| b["answer"] = json!("x".repeat(2000)))]}),
+            "items[1]",
+        ),
     ];
     for (body, param) in cases {
         let (status, out) = app.post_json("/v1/evaluations/rag", &body).await;
@@ -276,13 +282,45 @@ async fn client_mistakes_are_400s_naming_the_field() {
             "{out}"
         );
     }
+    // One sample over max_sample_bytes: the whole body is the sample, so no field is named.
     let (status, out) = app
         .post_json(
             "/v1/evaluations/rag",
-            &with(&|b| b["judge_model"] = json!("nope")),
+            &with(&|b| b["contexts"] = json!(["y".repeat(2000)])),
         )
         .await;
-    assert_eq!(status, 404, "{out}");
+    assert_eq!(status, 400, "{out}");
+    assert_eq!(out["error"]["param"], Value::Null, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2000"),
+        "{out}"
+    );
+    // At the limit it is evaluated.
+    let mut at = sample();
+    let size = |b: &Value| {
+        ["question", "answer", "reference"]
+            .iter()
+            .map(|f| b[f].as_str().unwrap().len())
+            .sum::<usize>()
+            + b["contexts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().len())
+                .sum::<usize>()
+    };
+    let pad = 2000 - size(&at);
+    at["contexts"] = json!([
+        at["contexts"][0],
+        "z".repeat(pad + at["contexts"][1].as_str().unwrap().len())
+    ]);
+    assert_eq!(size(&at), 2000);
+    at["metrics"] = json!(["context_relevance"]);
+    let (status, out) = app.post_json("/v1/evaluations/rag", &at).await;
+    assert_eq!(status, 200, "{out}");
     let resp = app
         .client
         .post(app.url("/v1/evaluations/rag"))
@@ -378,7 +416,10 @@ async fn sampled_chat_traffic_is_evaluated_off_the_request_path() {
         assert_eq!(m.get(&key), Some(&2.0), "{key}: {m:?}");
     }
     assert_eq!(m.get("sluice_rag_evaluations_total{}"), Some(&2.0), "{m:?}");
-    assert_eq!(m.get("sluice_rag_shed_total{}"), Some(&0.0), "{m:?}");
+    for reason in ["queue_full", "too_large"] {
+        let key = format!("sluice_rag_shed_total{{reason={reason}}}");
+        assert_eq!(m.get(&key), Some(&0.0), "{key}: {m:?}");
+    }
     // Judge calls are recorded like any call, under the `internal` route.
     let judge_calls = m
         .iter()
@@ -467,6 +508,17 @@ async fn a_malformed_extension_is_a_400_and_a_full_queue_sheds() {
     let (status, out) = app.post_json("/v1/chat/completions", &bad).await;
     assert_eq!(status, 400);
     assert_eq!(out["error"]["param"], "sluice.rag.contexts[0]");
+    // Any other key of `sluice` is a mistake, not something to send upstream.
+    let mut unknown = rag_chat(false);
+    unknown["sluice"]["colour"] = json!("red");
+    let (status, out) = app.post_json("/v1/chat/completions", &unknown).await;
+    assert_eq!(status, 400, "{out}");
+    assert_eq!(out["error"]["param"], "sluice.colour", "{out}");
+    let mut alone = chat_body("gpt", "hi", false);
+    alone["sluice"] = json!({"session": "x"});
+    let (status, out) = app.post_json("/v1/chat/completions", &alone).await;
+    assert_eq!(status, 400, "{out}");
+    assert_eq!(out["error"]["param"], "sluice.session", "{out}");
     // The judge hangs: one evaluation runs, one waits for the worker, one sits in the queue; the rest
     // are shed (at least 2 of 5), and the chat answers are not delayed by any of it.
     judge.set_mode(None, Mode::Hang);
@@ -475,8 +527,13 @@ async fn a_malformed_extension_is_a_400_and_a_full_queue_sheds() {
         assert_eq!(resp.status(), 200);
     }
     let m = scrape(&app).await;
-    let shed = m["sluice_rag_shed_total{}"];
+    let shed = m["sluice_rag_shed_total{reason=queue_full}"];
     assert!(shed >= 2.0, "{m:?}");
+    assert_eq!(
+        m.get("sluice_rag_shed_total{reason=too_large}"),
+        Some(&0.0),
+        "{m:?}"
+    );
 }
 
 async fn create_key(app: &TestApp, body: Value) -> (String, String) {
@@ -638,4 +695,283 @@ async fn a_saturated_judge_fails_waiting_metrics_as_busy_within_the_timeout() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn answer_relevancy_without_an_embedder_is_refused_up_front() {
+    let judge = ScriptedJudge::start().await.unwrap();
+    let upstream = MockUpstream::start().await.unwrap();
+    let config = rag_config(&upstream.base_url(), &judge.base_url(), "")
+        .replace("embedding_model = \"hashing\"\n", "");
+    let app = TestApp::start(&config).await;
+    let mut body = sample();
+    body["metrics"] = json!(["faithfulness", "answer_relevancy"]);
+    let (status, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert_eq!(status, 400, "{out}");
+    assert_eq!(out["error"]["param"], "metrics", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("embedding_model"),
+        "{out}"
+    );
+    assert_eq!(judge.calls(), 0, "refused before any judge call");
+    // Without `metrics`, the defaults leave it out.
+    body.as_object_mut().unwrap().remove("metrics");
+    let (status, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert_eq!(status, 200, "{out}");
+    assert!(out["scores"].get("answer_relevancy").is_none(), "{out}");
+    assert!(out["errors"].get("answer_relevancy").is_none(), "{out}");
+}
+
+#[tokio::test]
+async fn answer_relevancy_is_the_mean_cosine_of_the_generated_questions() {
+    use sluice::embed::hashing::HashingEmbedder;
+    use sluice::testkit::judge::content_words;
+    let (app, _judge, _up) = start("").await;
+    let mut body = sample();
+    body["metrics"] = json!(["answer_relevancy"]);
+    let (status, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert_eq!(status, 200, "{out}");
+    // The scripted judge's questions: "What about" + six of the answer's content words, from the i-th on.
+    let words: Vec<String> = content_words(body["answer"].as_str().unwrap())
+        .into_iter()
+        .collect();
+    let questions: Vec<String> = (0..3)
+        .map(|i| {
+            let picked: Vec<&str> = words.iter().skip(i).take(6).map(String::as_str).collect();
+            format!("What about {}?", picked.join(" "))
+        })
+        .collect();
+    // The cosines, computed here from the hashing embedder's vectors (256 dims, as configured).
+    let e = HashingEmbedder::new(256);
+    let q = e.vector(body["question"].as_str().unwrap());
+    let cosine = |text: &str| -> f64 {
+        let v = e.vector(text);
+        let dot: f64 = q
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        let norm = |x: &[f32]| x.iter().map(|y| f64::from(*y).powi(2)).sum::<f64>().sqrt();
+        dot / (norm(&q) * norm(&v))
+    };
+    let cosines: Vec<f64> = questions.iter().map(|g| cosine(g)).collect();
+    let want = cosines.iter().sum::<f64>() / 3.0;
+    assert!(want > 0.0 && want < 1.0, "{want}");
+    let shown = out["details"]["answer_relevancy"]["generated_questions"]
+        .as_array()
+        .unwrap();
+    assert_eq!(shown.len(), 3, "{out}");
+    for ((s, q), c) in shown.iter().zip(&questions).zip(&cosines) {
+        assert_eq!(s["question"], q.as_str(), "{out}");
+        assert!(
+            (s["cosine"].as_f64().unwrap() - c).abs() < 1e-6,
+            "{c}: {out}"
+        );
+    }
+    let got = out["scores"]["answer_relevancy"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-6, "got {got}, want {want}: {out}");
+    assert_eq!(
+        out["details"]["answer_relevancy"]["embedder"],
+        "hashing-256"
+    );
+}
+
+#[tokio::test]
+async fn a_judge_5xx_is_a_per_metric_error_and_the_gateway_stays_healthy() {
+    let (app, judge, _up) = start("").await;
+    judge.set_mode(Some("context_relevance"), Mode::ServerError);
+    let mut body = sample();
+    body["metrics"] = json!(["context_relevance", "context_precision"]);
+    let (status, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert_eq!(status, 200, "{out}");
+    let error = out["errors"]["context_relevance"].as_str().unwrap();
+    assert!(error.starts_with("judge call failed"), "{out}");
+    assert!(out["scores"].get("context_relevance").is_none(), "{out}");
+    assert!(close(&out["scores"]["context_precision"], 1.0), "{out}");
+    app.assert_healthy().await;
+    // The judge recovers: the failure was not cached.
+    judge.set_mode(Some("context_relevance"), Mode::Normal);
+    let (status, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert_eq!(status, 200, "{out}");
+    assert!(close(&out["scores"]["context_relevance"], 0.5), "{out}");
+}
+
+#[tokio::test]
+async fn json_that_fails_a_metrics_checks_is_not_cached() {
+    let (app, judge, _up) = start("").await;
+    // Well-formed JSON, one verdict short of the two statements.
+    judge.set_mode(Some("faithfulness"), Mode::ShortList);
+    let mut body = sample();
+    body["metrics"] = json!(["faithfulness"]);
+    let (status, out) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        out["errors"]["faithfulness"],
+        "malformed judge output: 1 entries in `verdicts`, expected 2",
+        "{out}"
+    );
+    assert_eq!(judge.calls(), 2);
+    // The same request again: the statements come from the cache, the verdicts are asked again.
+    let (_, again) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert!(again["errors"]["faithfulness"].is_string(), "{again}");
+    assert_eq!(again["judge"]["calls"], 1, "{again}");
+    assert_eq!(again["judge"]["cached"], 1, "{again}");
+    assert_eq!(judge.calls(), 3);
+    judge.set_mode(Some("faithfulness"), Mode::Normal);
+    let (_, fixed) = app.post_json("/v1/evaluations/rag", &body).await;
+    assert!(close(&fixed["scores"]["faithfulness"], 0.5), "{fixed}");
+    assert_eq!(judge.calls(), 4);
+}
+
+#[tokio::test]
+async fn online_samples_over_max_sample_bytes_are_shed_as_too_large() {
+    let (app, judge, _up) = start("sample_rate = 1.0\nmax_sample_bytes = 300\n").await;
+    let question = "Who sent this greeting?";
+    let with_contexts = |contexts: Value, stream: bool| {
+        let mut body = chat_body("gpt", question, stream);
+        body["sluice"] = json!({"rag": {"contexts": contexts}});
+        body
+    };
+    // Question and contexts alone are over the cap: shed when the request arrives.
+    let resp = app
+        .post(
+            "/v1/chat/completions",
+            &with_contexts(json!(["x".repeat(400)]), false),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    // Ten bytes left for the answer ("Hello from the mock upstream." is 29): shed, streamed or not.
+    let tight = json!(["y".repeat(300 - question.len() - 10)]);
+    let resp = app
+        .post("/v1/chat/completions", &with_contexts(tight.clone(), false))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let streamed = app
+        .post("/v1/chat/completions", &with_contexts(tight, true))
+        .await;
+    assert_eq!(streamed.status(), 200);
+    let events = read_sse(streamed).await;
+    assert_eq!(
+        crate::common::chat_text(&events),
+        "Hello from the mock upstream."
+    );
+    // Within the cap: evaluated.
+    let resp = app.post("/v1/chat/completions", &rag_chat(false)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        app.state
+            .rag
+            .wait_evaluated(1, Duration::from_secs(10))
+            .await
+    );
+    let m = scrape(&app).await;
+    assert_eq!(
+        m.get("sluice_rag_shed_total{reason=too_large}"),
+        Some(&3.0),
+        "{m:?}"
+    );
+    assert_eq!(
+        m.get("sluice_rag_shed_total{reason=queue_full}"),
+        Some(&0.0),
+        "{m:?}"
+    );
+    assert_eq!(m.get("sluice_rag_evaluations_total{}"), Some(&1.0), "{m:?}");
+    // Only the one sample within the cap was judged (five judgments).
+    assert_eq!(judge.calls(), 5);
+}
+
+/// An OpenAI-compatible upstream that answers with two choices, choice 1 first (as `n` = 2 can).
+async fn two_choice_upstream() -> String {
+    use axum::response::IntoResponse;
+    async fn chat(axum::Json(body): axum::Json<Value>) -> axum::response::Response {
+        let chunk = |index: u32, delta: Value, finish: Option<&str>| {
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+        };
+        if body["stream"] == json!(true) {
+            let events = [
+                chunk(
+                    1,
+                    json!({"role": "assistant", "content": "Bananas are yellow."}),
+                    None,
+                ),
+                chunk(
+                    0,
+                    json!({"role": "assistant", "content": "Hello from"}),
+                    None,
+                ),
+                chunk(1, json!({"content": " Bananas are ripe."}), None),
+                chunk(0, json!({"content": " the mock upstream."}), None),
+                chunk(0, json!({}), Some("stop")),
+                chunk(1, json!({}), Some("stop")),
+            ];
+            let mut text = String::new();
+            for e in &events {
+                text.push_str("data: ");
+                text.push_str(&e.to_string());
+                text.push_str("\n\n");
+            }
+            text.push_str("data: [DONE]\n\n");
+            return ([("content-type", "text/event-stream")], text).into_response();
+        }
+        axum::Json(json!({
+            "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [
+                {"index": 1, "message": {"role": "assistant", "content": "Bananas are yellow."}, "finish_reason": "stop"},
+                {"index": 0, "message": {"role": "assistant", "content": "Hello from the mock upstream."}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15}
+        }))
+        .into_response()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn online_evaluation_takes_choice_zero_only() {
+    let judge = ScriptedJudge::start().await.unwrap();
+    let upstream = two_choice_upstream().await;
+    let app = TestApp::start(&rag_config(
+        &upstream,
+        &judge.base_url(),
+        "judge_timeout = \"5s\"\nsample_rate = 1.0\n\n[request_log]\ncapture_bodies = true\n",
+    ))
+    .await;
+    let mut ids = Vec::new();
+    for stream in [false, true] {
+        let mut body = rag_chat(stream);
+        body["n"] = json!(2);
+        let resp = app.post("/v1/chat/completions", &body).await;
+        assert_eq!(resp.status(), 200);
+        ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_owned());
+        if stream {
+            read_sse(resp).await;
+        } else {
+            resp.bytes().await.unwrap();
+        }
+    }
+    assert!(
+        app.state
+            .rag
+            .wait_evaluated(2, Duration::from_secs(10))
+            .await
+    );
+    app.wait_finished(2).await;
+    for id in ids {
+        let one = logged(&app, &id).await;
+        let statements: Vec<&str> = one["rag"]["details"]["faithfulness"]["statements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(statements, ["Hello from the mock upstream."], "{one}");
+    }
 }

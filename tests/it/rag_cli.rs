@@ -223,3 +223,56 @@ async fn render_in_browser(report: &Path, metrics: &[&str]) {
     );
     assert!(std::fs::metadata(&png).unwrap().len() > 1000);
 }
+
+#[tokio::test]
+async fn a_failed_batch_keeps_the_rows_evaluated_before_it() {
+    let judge = ScriptedJudge::start().await.unwrap();
+    let upstream = MockUpstream::start().await.unwrap();
+    let app = TestApp::start(&rag_config(&upstream.base_url(), &judge.base_url(), "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dataset.jsonl");
+    let good = |id: &str| {
+        json!({"id": id, "question": "What is the capital of France?",
+               "contexts": ["Paris is the capital of France."],
+               "answer": "Paris is the capital of France."})
+        .to_string()
+    };
+    // The third row passes the CLI's own checks but the API refuses it (no context): batch 2 fails.
+    let bad = json!({"id": "c", "question": "q", "contexts": [], "answer": "a"}).to_string();
+    std::fs::write(&data, [good("a"), good("b"), bad].join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let output = run_cli(
+        &app,
+        &[
+            "--dataset",
+            data.to_str().unwrap(),
+            "--judge-model",
+            "judge",
+            "--out",
+            out.to_str().unwrap(),
+            "--metrics",
+            "faithfulness",
+            "--batch-size",
+            "2",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("rows 2-2 failed"), "{stderr}");
+    assert!(stderr.contains("evaluation API: 400"), "{stderr}");
+    assert!(
+        stderr.contains("the 2 rows evaluated before them"),
+        "{stderr}"
+    );
+    let rows: Vec<Value> = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["id"], "a");
+    assert_eq!(rows[1]["id"], "b");
+    assert_eq!(rows[1]["scores"]["faithfulness"], 1.0);
+    assert!(out.join("report.html").exists());
+}
