@@ -165,7 +165,7 @@ async fn main() {
                 key: CacheKey([0; 32]),
                 tenant: "tenant".into(),
                 model: "model".into(),
-                signature: Signature::of(&text),
+                text: text.into(),
             },
             Duration::from_hours(1),
         );

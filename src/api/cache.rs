@@ -253,7 +253,6 @@ impl Plan {
             scope: query.scope.0,
             text: query.text.clone(),
             vector: lookup.vector,
-            signature: lookup.signature,
         });
         None
     }

@@ -30,7 +30,6 @@ use tokio_util::task::TaskTracker;
 pub use config::{CacheConfig, CachePolicy};
 use key::CacheKey;
 use reply::CachedReply;
-use semantic::guards::Signature;
 use semantic::index::Scope;
 use semantic::tier::{EntryMeta, SemanticTier};
 use shared::{Event, Purge, SharedCache, SharedEntry};
@@ -232,8 +231,6 @@ pub struct NewEntry {
     pub text: String,
     /// Its vector.
     pub vector: Vec<f32>,
-    /// Its signature.
-    pub signature: Signature,
 }
 
 /// What a purge removed.
@@ -405,7 +402,7 @@ impl Cache {
                         key,
                         tenant: Arc::from(reply.tenant.as_str()),
                         model: Arc::from(reply.model.as_str()),
-                        signature: e.signature,
+                        text: e.text.clone().into_boxed_str(),
                     },
                     reply.ttl,
                 );
@@ -517,7 +514,7 @@ impl Cache {
                         key: e.key,
                         tenant: Arc::from(e.tenant.as_str()),
                         model: Arc::from(e.model.as_str()),
-                        signature: Signature::of(&e.text),
+                        text: e.text.into_boxed_str(),
                     },
                     Duration::from_millis(left),
                 );

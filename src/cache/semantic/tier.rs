@@ -41,8 +41,9 @@ pub struct EntryMeta {
     pub tenant: Arc<str>,
     /// Public model name (purge by model).
     pub model: Arc<str>,
-    /// The guards' view of the stored prompt.
-    pub signature: Signature,
+    /// The stored prompt (its guard signature is computed when a lookup reaches the entry's
+    /// threshold: a few microseconds, against about 1 KB per entry to keep it).
+    pub text: Box<str>,
 }
 
 /// The outcome of a lookup.
@@ -169,14 +170,16 @@ impl SemanticTier {
         }
         let mut reason = "below_threshold";
         for c in candidates {
-            // The entry's own threshold (the tier's default, raised by learning).
-            match guards::decide(
-                c.similarity,
-                c.threshold,
-                &c.payload.signature,
-                signature,
-                self.guards,
-            ) {
+            // The entry's own threshold (the tier's default, raised by learning). Below it (or NaN)
+            // `decide` misses whatever the signatures say, so the stored one is not computed.
+            if c.similarity
+                .partial_cmp(&c.threshold)
+                .is_none_or(std::cmp::Ordering::is_lt)
+            {
+                continue;
+            }
+            let stored = Signature::of(&c.payload.text);
+            match guards::decide(c.similarity, c.threshold, &stored, signature, self.guards) {
                 Decision::Hit => {
                     return Outcome::Hit {
                         key: c.payload.key,
@@ -250,7 +253,7 @@ mod tests {
             key: CacheKey([n; 32]),
             tenant: Arc::from("t"),
             model: Arc::from("m"),
-            signature: Signature::of("x"),
+            text: "x".into(),
         }
     }
 
@@ -284,9 +287,9 @@ mod tests {
     async fn a_regenerate_raises_the_entry_threshold_above_the_served_similarity() {
         let t = tier(0.8);
         let stored = t.embed("What is the capital of Austria?").await.unwrap();
-        // The entry carries the stored prompt's signature, as the request path stores it.
+        // The entry carries the stored prompt, as the request path stores it.
         let mut entry = meta(7);
-        entry.signature = Signature::of("What is the capital of Austria?");
+        entry.text = "What is the capital of Austria?".into();
         t.insert([1; 32], &stored, entry, Duration::from_mins(1));
         let query = "what's the capital of Austria";
         let first = t.lookup(&[1; 32], query).await.unwrap();
