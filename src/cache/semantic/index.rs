@@ -1,13 +1,14 @@
-//! The in-process vector index of the semantic tier: exact (brute-force) cosine search within one
-//! scope, bounded by entry count (oldest evicted first), with a TTL per entry and a threshold per
-//! entry that can only go up ([`Index::raise_threshold`]).
+//! The in-process vector index of the semantic tier: cosine search within one scope, bounded by entry
+//! count (oldest evicted first), with a TTL per entry and a threshold per entry that can only go up
+//! ([`Index::raise_threshold`]).
 //!
 //! Why hand-written: the HNSW crates (hnsw_rs, instant-distance) support neither deletion nor TTL,
 //! and a scope (tenant + model + parameters + system prompt) holds few entries in practice, where an
 //! exact scan is both faster and never misses a neighbour. Vectors are stored as `i8` (each component
 //! of a unit vector × 127): 4× less memory than `f32` and a scan that stays in cache; the similarity
-//! error is below 0.005, far under the gap between the thresholds that matter
-//! (`benches`/docs/BENCHMARKS.md has the lookup latency at 100,000 entries).
+//! error is below 0.005, far under the gap between the thresholds that matter. Scopes larger than
+//! `EXACT_SCAN_LIMIT` entries are shortlisted by sign sketches first (see there). docs/BENCHMARKS.md has the
+//! lookup latency and the memory at 100,000 entries (`examples/semantic_lookup.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::RwLock;
