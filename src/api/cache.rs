@@ -66,7 +66,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn base(state: &AppState, ctx: &CallContext, route: &Route) -> Result<Self, GatewayError> {
+    /// The plan without a key, and whether the semantic tier is on for this model and key.
+    fn base(
+        state: &AppState,
+        ctx: &CallContext,
+        route: &Route,
+    ) -> Result<(Self, bool), GatewayError> {
         if let Some(problem) = &ctx.cache.invalid {
             return Err(GatewayError::invalid(problem.clone(), None));
         }
@@ -85,8 +90,15 @@ impl Plan {
                 || cache.as_ref().map_or(Duration::ZERO, |c| c.config.ttl),
                 |(ttl, c)| ttl.min(c.config.max_ttl),
             );
-        Ok(Self {
-            exact: CachePolicy::resolve(route.cache.exact, key_policy.exact, true),
+        let exact = CachePolicy::resolve(route.cache.exact, key_policy.exact, true);
+        let semantic_on = cache
+            .as_ref()
+            .and_then(|c| c.semantic.as_ref())
+            .is_some_and(|s| {
+                CachePolicy::resolve(route.cache.semantic, key_policy.semantic, s.config.enabled)
+            });
+        let plan = Self {
+            exact,
             semantic: None,
             key: None,
             entry: None,
@@ -95,31 +107,10 @@ impl Plan {
             tenant: ctx.caller.key_id().unwrap_or("anonymous").to_owned(),
             model: Arc::clone(&route.model),
             ttl,
-            cache,
-        }
-        .with_semantic_switch(&key_policy, route))
-    }
-
-    /// Keeps the cache only when a tier is on for this model and key; remembers whether the semantic
-    /// tier is (as an empty query, filled by [`Plan::chat`]).
-    fn with_semantic_switch(mut self, key: &CachePolicy, route: &Route) -> Self {
-        let semantic_on = self
-            .cache
-            .as_ref()
-            .and_then(|c| c.semantic.as_ref())
-            .is_some_and(|s| {
-                CachePolicy::resolve(route.cache.semantic, key.semantic, s.config.enabled)
-            });
-        if semantic_on {
-            self.semantic = Some(SemanticQuery {
-                scope: CacheKey([0; 32]),
-                text: String::new(),
-            });
-        }
-        if !self.exact && !semantic_on {
-            self.cache = None;
-        }
-        self
+            // Kept only when a tier is on for this model and key.
+            cache: cache.filter(|_| exact || semantic_on),
+        };
+        Ok((plan, semantic_on))
     }
 
     /// The plan of a chat request (`/v1/chat/completions`, `/v1/messages`); session turns are never
@@ -131,30 +122,31 @@ impl Plan {
         req: &ChatRequest,
         in_session: bool,
     ) -> Result<Self, GatewayError> {
-        let mut plan = Self::base(state, ctx, route)?;
+        let (mut plan, semantic_on) = Self::base(state, ctx, route)?;
         let Some(cache) = plan.cache.clone() else {
             return Ok(plan);
         };
         if in_session || cacheable(req, ctx.cache.force).is_err() {
-            plan.key = None;
-            plan.semantic = None;
             return Ok(plan);
         }
         plan.key = Some(chat_key(&plan.tenant, req));
-        plan.semantic = plan.semantic.take().and_then(|_| {
-            let tier = cache.semantic.as_ref()?;
-            let text = semantic_text(
-                req,
-                tier.config.max_turns,
-                tier.config.max_query_chars,
-                ctx.cache.force,
-            )
-            .ok()?;
-            Some(SemanticQuery {
-                scope: semantic_scope(&plan.tenant, tier.embedder_id(), req),
-                text,
-            })
-        });
+        plan.semantic = cache
+            .semantic
+            .as_ref()
+            .filter(|_| semantic_on)
+            .and_then(|tier| {
+                let text = semantic_text(
+                    req,
+                    tier.config.max_turns,
+                    tier.config.max_query_chars,
+                    ctx.cache.force,
+                )
+                .ok()?;
+                Some(SemanticQuery {
+                    scope: semantic_scope(&plan.tenant, tier.embedder_id(), req),
+                    text,
+                })
+            });
         Ok(plan)
     }
 
@@ -165,8 +157,7 @@ impl Plan {
         route: &Route,
         req: &CompletionRequest,
     ) -> Result<Self, GatewayError> {
-        let mut plan = Self::base(state, ctx, route)?;
-        plan.semantic = None;
+        let (mut plan, _) = Self::base(state, ctx, route)?;
         let deterministic = req
             .extra
             .get("temperature")

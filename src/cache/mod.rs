@@ -18,7 +18,7 @@ pub mod semantic;
 pub mod shared;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -292,12 +292,6 @@ pub struct Cache {
     tasks: TaskTracker,
 }
 
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Cache {
     /// Builds the cache (`None` when `cache.enabled` is false) and, with a shared tier, starts the
     /// loop that applies other replicas' events until `shutdown`.
@@ -414,7 +408,7 @@ impl Cache {
                     model: reply.model.clone(),
                     text: e.text,
                     vector: e.vector,
-                    expires_unix_ms: unix_ms().saturating_add(ttl_ms),
+                    expires_unix_ms: crate::control::unix_ms().saturating_add(ttl_ms),
                 })
             }
             _ => None,
@@ -500,7 +494,7 @@ impl Cache {
         match event {
             Event::Entry(e) => {
                 let Some(tier) = &self.semantic else { return };
-                let left = e.expires_unix_ms.saturating_sub(unix_ms());
+                let left = e.expires_unix_ms.saturating_sub(crate::control::unix_ms());
                 let Ok(left) = u64::try_from(left) else {
                     return;
                 };

@@ -65,15 +65,11 @@ pub struct SharedCache {
     max_events: usize,
 }
 
+/// 16 hex digits of the SHA-256 of `s` (a tenant or model in a Redis key).
 fn short(s: &str) -> String {
-    use std::fmt::Write as _;
-    let digest = Sha256::digest(s.as_bytes());
-    digest[..8]
-        .iter()
-        .fold(String::with_capacity(16), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+    let mut hex = crate::control::encode_hash(&Sha256::digest(s.as_bytes()).into());
+    hex.truncate(16);
+    hex
 }
 
 impl SharedCache {

@@ -236,18 +236,8 @@ impl Evaluator {
                 &json!({"context": joined(&s.contexts), "statements": statements}),
                 tally,
                 |reply| {
-                    let items = list(reply, "verdicts", statements.len())?;
-                    let mut verdicts = Vec::with_capacity(statements.len());
-                    let mut shown = Vec::with_capacity(statements.len());
-                    for (text, item) in statements.iter().zip(items) {
-                        let v = verdict(item.get("verdict").unwrap_or(item))
-                            .ok_or_else(|| malformed("a faithfulness verdict is not 0 or 1"))?;
-                        verdicts.push(v);
-                        shown.push(
-                            json!({"text": text, "verdict": u8::from(v), "reason": reason(item)}),
-                        );
-                    }
-                    Ok((verdicts, shown))
+                    let labels = statements.iter().map(|t| Value::from(t.as_str()));
+                    verdicts(reply, "text", labels, "faithfulness")
                 },
             )
             .await?;
@@ -336,18 +326,12 @@ impl Evaluator {
                 &json!({"question": s.question, "answer": text, "contexts": indexed(&s.contexts)}),
                 tally,
                 |reply| {
-                    let items = list(reply, "verdicts", s.contexts.len())?;
-                    let mut verdicts = Vec::with_capacity(s.contexts.len());
-                    let mut shown = Vec::with_capacity(s.contexts.len());
-                    for (index, item) in items.iter().take(s.contexts.len()).enumerate() {
-                        let v = verdict(item.get("verdict").unwrap_or(item))
-                            .ok_or_else(|| malformed("a usefulness verdict is not 0 or 1"))?;
-                        verdicts.push(v);
-                        shown.push(
-                            json!({"index": index, "verdict": u8::from(v), "reason": reason(item)}),
-                        );
-                    }
-                    Ok((verdicts, shown))
+                    verdicts(
+                        reply,
+                        "index",
+                        (0..s.contexts.len()).map(Value::from),
+                        "usefulness",
+                    )
                 },
             )
             .await?;
@@ -558,6 +542,28 @@ fn ratings(
         shown.push(entry);
     }
     Ok((ratings, Value::Array(shown)))
+}
+
+/// The binary verdicts of a judge reply (`verdicts`, one per label, in order), each shown for audit
+/// with its label under `key` and the judge's reason.
+fn verdicts(
+    reply: &Value,
+    key: &str,
+    labels: impl ExactSizeIterator<Item = Value>,
+    what: &str,
+) -> Result<(Vec<bool>, Vec<Value>), JudgeError> {
+    let items = list(reply, "verdicts", labels.len())?;
+    let mut verdicts = Vec::with_capacity(labels.len());
+    let mut shown = Vec::with_capacity(labels.len());
+    for (label, item) in labels.zip(items) {
+        let v = verdict(item.get("verdict").unwrap_or(item))
+            .ok_or_else(|| malformed(&format!("a {what} verdict is not 0 or 1")))?;
+        verdicts.push(v);
+        let mut row = json!({"verdict": u8::from(v), "reason": reason(item)});
+        row[key] = label;
+        shown.push(row);
+    }
+    Ok((verdicts, shown))
 }
 
 fn reason(item: &Value) -> Option<&str> {
