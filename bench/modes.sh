@@ -127,8 +127,16 @@ for run in $(seq "$RUNS"); do
       url="http://127.0.0.1:$PORT_GW/v1/chat/completions"
       "${OHA[@]}" -n 2000 -c 50 -d "$BODY" "$url" >/dev/null   # warm-up
     fi
-    "${OHA[@]}" -z "$DURATION" -c 50 -q "$RATE" --latency-correction -d "$BODY" "$url" >"$OUT/r$run-nonstream-$target.json"
-    "${OHA[@]}" -z "$DURATION" -c 50 -q "$RATE" --latency-correction -d "$SBODY" "$url" >"$OUT/r$run-stream-$target.json"
+    for mode in nonstream stream; do
+      body="$BODY"; [ "$mode" = stream ] && body="$SBODY"
+      [ "$target" != direct ] && python3 bench/threadcpu.py snapshot "$pid" >"$WORK/cpu-before.json"
+      "${OHA[@]}" -z "$DURATION" -c 50 -q "$RATE" --latency-correction -d "$body" "$url" >"$OUT/r$run-$mode-$target.json"
+      if [ "$target" != direct ]; then
+        python3 bench/threadcpu.py snapshot "$pid" >"$WORK/cpu-after.json"
+        n="$(python3 -c 'import json,sys; print(sum(json.load(open(sys.argv[1]))["statusCodeDistribution"].values()))' "$OUT/r$run-$mode-$target.json")"
+        python3 bench/threadcpu.py diff "$WORK/cpu-before.json" "$WORK/cpu-after.json" "$n" >"$OUT/r$run-$mode-$target.cpu.json"
+      fi
+    done
     if [ "$target" != direct ]; then kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; fi
   done
 done
@@ -164,6 +172,20 @@ text = "\n".join(lines) + "\n\n" + "\n".join(
     f"- {m}: added latency {t}/off = {r50:.2f}x at p50, {r99:.2f}x at p99; "
     f"{t} - off = {d50:+.3f} ms at p50, {d99:+.3f} ms at p99"
     for m, per in ratios.items() for t, (r50, r99, d50, d99) in per.items())
+# CPU time of the Sluice process per request (bench/threadcpu.py): steadier than latency percentiles on
+# a shared machine, and split into the request threads (Tokio workers) and the background threads.
+cpu = ["| mode | target | CPU µs/request (median) | request threads | background threads | per run | worker runnable, waiting for the core (µs/request) |", "|---|---|---|---|---|---|---|"]
+for mode in ("nonstream", "stream"):
+    for t in os.environ["MODES"].split():
+        runs_cpu = [json.load(open(f"{out}/r{r}-{mode}-{t}.cpu.json")) for r in range(1, runs + 1)]
+        total = [c["total"] for c in runs_cpu]
+        # The main thread (`sluice`, which accepts connections) and the Tokio workers (and blocking pool).
+        workers = [sum(v for k, v in c.items() if (k.startswith("tokio-") or k == "sluice") and not k.endswith("(waiting)")) for c in runs_cpu]
+        waiting = [c.get("tokio-rt-worker (waiting)", 0.0) for c in runs_cpu]
+        cpu.append(f"| {mode} | sluice {t} | {statistics.median(total):.1f} | {statistics.median(workers):.1f} | "
+                   f"{statistics.median([a - b for a, b in zip(total, workers)]):.1f} | "
+                   f"{' / '.join(f'{x:.1f}' for x in total)} | {' / '.join(f'{x:.1f}' for x in waiting)} |")
+text += "\n\n" + "\n".join(cpu)
 text += "\n\n" + open(f"{out}/notes.txt").read()
 print(text)
 open(f"{out}/summary.md", "w").write(text + "\n")

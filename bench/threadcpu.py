@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""CPU time of a process by thread, from /proc (Linux), at nanosecond resolution.
+
+    threadcpu.py snapshot PID > before.json     # {thread name: cumulative ns on CPU}
+    threadcpu.py diff before.json after.json N  # CPU microseconds per request (N requests) by thread
+
+Latency percentiles on a shared 2-core machine move by more than a few microseconds from run to run;
+CPU time per request is steadier and says where the time goes (request threads vs background threads).
+Thread names come from /proc/PID/task/TID/comm; threads with the same name are summed (Tokio workers
+are all `tokio-runtime-w`). schedstat's first field is the time spent on the CPU in ns, its second the time spent runnable but
+waiting for a CPU (reported as "NAME (waiting)", not counted in the total).
+"""
+import json
+import os
+import sys
+from collections import defaultdict
+
+
+def snapshot(pid):
+    by_name = defaultdict(int)
+    task_dir = f"/proc/{pid}/task"
+    for tid in os.listdir(task_dir):
+        try:
+            with open(f"{task_dir}/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"{task_dir}/{tid}/schedstat") as f:
+                run_ns, wait_ns = (int(x) for x in f.read().split()[:2])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended between listing and reading
+        by_name[name] += run_ns
+        # Runnable but waiting for the core: time a request thread lost to other threads.
+        by_name[f"{name} (waiting)"] += wait_ns
+    return dict(by_name)
+
+
+def diff(before, after, requests):
+    # A thread that ended between the snapshots loses its time; one that started counts from zero.
+    out = {}
+    for name in sorted(set(before) | set(after)):
+        ns = after.get(name, 0) - before.get(name, 0)
+        if ns > 0:
+            out[name] = round(ns / 1000 / requests, 2)
+    out["total"] = round(sum(v for k, v in out.items() if not k.endswith("(waiting)")), 2)
+    return out
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "snapshot":
+        json.dump(snapshot(sys.argv[2]), sys.stdout)
+    elif len(sys.argv) == 5 and sys.argv[1] == "diff":
+        with open(sys.argv[2]) as f:
+            before = json.load(f)
+        with open(sys.argv[3]) as f:
+            after = json.load(f)
+        json.dump(diff(before, after, max(int(sys.argv[4]), 1)), sys.stdout)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
