@@ -250,7 +250,10 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
     ] {
         assert!(first.get(field).is_some(), "{field} missing in {first}");
     }
-    assert_eq!(first["span"]["request_id"].as_str().map(str::len), Some(36));
+    assert_eq!(first["request_id"].as_str().map(str::len), Some(36));
+    assert_eq!(first["route"], "/v1/chat/completions");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["target"], sluice::telemetry::ACCESS_TARGET);
     assert_eq!(
         first["trace_id"], TRACE_ID,
         "the access record names the trace"

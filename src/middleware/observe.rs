@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
 use http_body::{Body as _, Frame, SizeHint};
+use opentelemetry::context::FutureExt as _;
 use tracing::Instrument;
 
 use crate::error::GatewayError;
@@ -89,9 +90,12 @@ where
             .unwrap_or_default()
             .to_owned();
         let method = request.method().clone();
-        let span =
-            crate::telemetry::request_span(&method, &route.0, &request_id, request.headers());
-        let call = Arc::new(Call::new(request_id, route, method, span.clone()));
+        let span = crate::telemetry::request_span(&method, &route.0, &request_id);
+        let spans =
+            crate::telemetry::request_spans(&method, &route.0, &request_id, request.headers());
+        // Attached while the request's work runs: internal calls made for it become its children.
+        let otel_context = spans.as_ref().map(|s| s.context().clone());
+        let call = Arc::new(Call::new(request_id, route, method, span.clone(), spans));
         if self.state.obs.captures_content() {
             call.capture_content();
         }
@@ -101,49 +105,51 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
-        Box::pin(
-            async move {
-                let Ok(mut response) = inner.call(request).await;
-                if let Some(error) = response.extensions().get::<GatewayError>() {
-                    call.fail(error);
-                }
-                let headers = response.headers_mut();
-                for (name, value) in call.limit_headers() {
-                    headers.insert(name, value);
-                }
-                let streaming = response
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                if streaming {
-                    call.headers_sent();
-                } else {
-                    let (cost, overhead) = call.cost_and_overhead();
-                    let headers = response.headers_mut();
-                    if let Some(cost) =
-                        cost.and_then(|c| HeaderValue::from_str(&c.normalize().to_string()).ok())
-                    {
-                        headers.insert(COST_HEADER, cost);
-                    }
-                    if let Some(o) = overhead.and_then(|o| {
-                        HeaderValue::from_str(&format!("{:.3}", o.as_secs_f64() * 1000.0)).ok()
-                    }) {
-                        headers.insert(OVERHEAD_HEADER, o);
-                    }
-                }
-                let status = response.status().as_u16();
-                Ok(response.map(|body| {
-                    Body::new(ObservedBody {
-                        inner: body,
-                        call,
-                        state,
-                        status,
-                        done: false,
-                    })
-                }))
+        let work = async move {
+            let Ok(mut response) = inner.call(request).await;
+            if let Some(error) = response.extensions().get::<GatewayError>() {
+                call.fail(error);
             }
-            .instrument(span),
-        )
+            let headers = response.headers_mut();
+            for (name, value) in call.limit_headers() {
+                headers.insert(name, value);
+            }
+            let streaming = response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            if streaming {
+                call.headers_sent();
+            } else {
+                let (cost, overhead) = call.cost_and_overhead();
+                let headers = response.headers_mut();
+                if let Some(cost) =
+                    cost.and_then(|c| HeaderValue::from_str(&c.normalize().to_string()).ok())
+                {
+                    headers.insert(COST_HEADER, cost);
+                }
+                if let Some(o) = overhead.and_then(|o| {
+                    HeaderValue::from_str(&format!("{:.3}", o.as_secs_f64() * 1000.0)).ok()
+                }) {
+                    headers.insert(OVERHEAD_HEADER, o);
+                }
+            }
+            let status = response.status().as_u16();
+            Ok(response.map(|body| {
+                Body::new(ObservedBody {
+                    inner: body,
+                    call,
+                    state,
+                    status,
+                    done: false,
+                })
+            }))
+        }
+        .instrument(span);
+        match otel_context {
+            Some(context) => Box::pin(work.with_context(context)),
+            None => Box::pin(work),
+        }
     }
 }
 

@@ -78,7 +78,7 @@ impl CallContext {
         if let Some(id) = &self.request_id {
             headers.insert(HeaderName::from_static("x-request-id"), id.clone());
         }
-        crate::telemetry::inject_trace_context(&self.call.upstream_span(), &mut headers);
+        self.call.inject_trace_context(&mut headers);
         headers
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use opentelemetry::KeyValue;
 use rust_decimal::Decimal;
 
 use super::Observability;
@@ -16,6 +17,7 @@ use super::metrics::{
     CostLabels, Label, ModelLabels, OverheadLabels, RequestLabels, RouteLabels, TokenLabels,
     UpstreamErrorLabels,
 };
+use super::otel::{CallSpans, attr};
 use crate::error::GatewayError;
 use crate::protocol::openai::{
     ChatChunk, ChatCompletion, ChatMessage, Completion, EmbeddingsResponse, Usage,
@@ -62,7 +64,8 @@ pub struct Call {
     route: Label,
     method: http::Method,
     received: Instant,
-    received_unix_ms: i64,
+    received_at: SystemTime,
+    /// The request span of log lines (`tracing`); the OTel spans are in `CallData::spans`.
     span: tracing::Span,
     finished: AtomicBool,
     capture: AtomicBool,
@@ -94,7 +97,8 @@ struct CallData {
     price: Option<Price>,
     stream: bool,
     params: RequestParams,
-    upstream_span: Option<tracing::Span>,
+    /// The call's OTel spans, when trace export is on; ended when the call finishes.
+    spans: Option<CallSpans>,
     upstream_started: Option<Instant>,
     upstream_first_byte: Option<Instant>,
     upstream_done: Option<Instant>,
@@ -142,42 +146,50 @@ pub struct Finished {
     pub cut: bool,
 }
 
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Call {
-    /// A new call, received now.
+    /// A new call, received now: `span` is its `tracing` span (the context of its log lines), `spans`
+    /// its OTel spans when trace export is on.
     pub fn new(
         request_id: String,
         route: Label,
         method: http::Method,
         span: tracing::Span,
+        spans: Option<CallSpans>,
     ) -> Self {
         Self {
             request_id,
             route,
             method,
             received: Instant::now(),
-            received_unix_ms: unix_ms(),
+            received_at: SystemTime::now(),
             span,
             finished: AtomicBool::new(false),
             capture: AtomicBool::new(false),
             defer: AtomicBool::new(false),
-            data: Mutex::new(CallData::default()),
+            data: Mutex::new(CallData {
+                spans,
+                ..CallData::default()
+            }),
         }
     }
 
     /// A call the gateway makes for itself (the semantic cache's embedder, the RAG judge): recorded
     /// like a client's call, under the route label `internal`, in a span named after `purpose`.
+    /// Its OTel span is a child of the request it works for, when made inside one.
     pub fn internal(purpose: &'static str) -> Arc<Self> {
+        let spans = super::otel::tracer().map(|tracer| {
+            CallSpans::internal(
+                tracer,
+                "internal call".to_owned(),
+                vec![KeyValue::new("sluice.purpose", purpose)],
+            )
+        });
         Arc::new(Self::new(
             uuid::Uuid::now_v7().to_string(),
             Label::fixed("internal"),
             http::Method::POST,
             tracing::info_span!("internal call", purpose),
+            spans,
         ))
     }
 
@@ -188,6 +200,7 @@ impl Call {
             Label::fixed("internal"),
             http::Method::POST,
             tracing::Span::none(),
+            None,
         ))
     }
 
@@ -284,39 +297,41 @@ impl Call {
     ) {
         let mut d = self.data();
         let operation = d.operation.unwrap_or(Operation::Chat).as_str();
-        let span = tracing::info_span!(
-            parent: &self.span,
-            "upstream",
-            otel.name = %format_args!("{operation} {upstream_model}"),
-            otel.kind = "client",
-            gen_ai.operation.name = operation,
-            gen_ai.provider.name = provider,
-            gen_ai.request.model = %upstream_model,
-            gen_ai.request.temperature = d.params.temperature,
-            gen_ai.request.top_p = d.params.top_p,
-            gen_ai.request.max_tokens = d.params.max_tokens.map(i64::from),
-            gen_ai.response.model = tracing::field::Empty,
-            gen_ai.response.id = tracing::field::Empty,
-            gen_ai.usage.input_tokens = tracing::field::Empty,
-            gen_ai.usage.output_tokens = tracing::field::Empty,
-            sluice.time_to_first_token_ms = tracing::field::Empty,
-            sluice.cost_usd = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
+        let params = d.params;
+        if let Some(spans) = &mut d.spans {
+            let mut attributes = vec![
+                KeyValue::new(attr::OPERATION_NAME, operation),
+                KeyValue::new(attr::PROVIDER_NAME, provider.to_owned()),
+                KeyValue::new(attr::REQUEST_MODEL, upstream_model.to_string()),
+            ];
+            let optional = [
+                params
+                    .temperature
+                    .map(|t| KeyValue::new(attr::REQUEST_TEMPERATURE, t)),
+                params.top_p.map(|p| KeyValue::new(attr::REQUEST_TOP_P, p)),
+                params
+                    .max_tokens
+                    .map(|m| KeyValue::new(attr::REQUEST_MAX_TOKENS, i64::from(m))),
+            ];
+            attributes.extend(optional.into_iter().flatten());
+            spans.start_upstream(
+                super::otel::span_name(operation, upstream_model),
+                attributes,
+            );
+        }
         d.model = Some(Label(Arc::clone(model)));
         d.provider = Some(Label(Arc::from(provider)));
         d.upstream_model = Some(Arc::clone(upstream_model));
         d.price = price;
-        d.upstream_span = Some(span);
         d.upstream_started = Some(Instant::now());
     }
 
-    /// The upstream attempt span (for propagating trace context upstream).
-    pub fn upstream_span(&self) -> tracing::Span {
-        self.data()
-            .upstream_span
-            .clone()
-            .unwrap_or_else(tracing::Span::none)
+    /// Adds the W3C trace context of the upstream attempt to an upstream request (nothing when trace
+    /// export is off).
+    pub fn inject_trace_context(&self, headers: &mut http::HeaderMap) {
+        if let Some(spans) = &self.data().spans {
+            spans.inject(headers);
+        }
     }
 
     /// The upstream answered (non-streaming response, or the first stream event).
@@ -478,10 +493,12 @@ impl Call {
             }
         }
         self.record_metrics(&d, &finished, obs);
-        self.record_span(&d, &finished, obs);
-        self.log(&d, &finished);
+        let trace_id = d.spans.as_ref().and_then(CallSpans::trace_id);
+        self.end_spans(&mut d, &finished, obs);
+        self.log(&d, &finished, trace_id.as_deref());
         if obs.request_log.is_some() {
             let mut summary = self.summary(&d);
+            summary.trace_id = trace_id;
             if obs.capture_bodies {
                 summary.request_body = d.request_body.take();
                 summary.response_body = d.response_body.take();
@@ -574,60 +591,73 @@ impl Call {
         }
     }
 
-    /// GenAI attributes go on the client span of the upstream call (where the convention puts them);
-    /// the server span gets the status and the error, which exist for every request.
-    fn record_span(&self, d: &CallData, f: &Finished, obs: &Observability) {
-        self.span
-            .record("http.response.status_code", i64::from(f.status));
-        if let Some(e) = &d.error {
-            self.span.record("error.type", e.kind());
-        }
-        let Some(s) = &d.upstream_span else { return };
+    /// Ends the OTel spans with what the call learnt. GenAI attributes go on the client span of the
+    /// upstream call (where the convention puts them); the server span gets the status and the
+    /// error, which exist for every request.
+    fn end_spans(&self, d: &mut CallData, f: &Finished, obs: &Observability) {
+        let Some(spans) = d.spans.take() else { return };
+        let call = vec![KeyValue::new(
+            "http.response.status_code",
+            i64::from(f.status),
+        )];
+        let mut upstream = Vec::with_capacity(10);
         if let Some(model) = &d.response_model {
-            s.record("gen_ai.response.model", model.as_str());
+            upstream.push(KeyValue::new(attr::RESPONSE_MODEL, model.clone()));
         }
         if let Some(id) = &d.response_id {
-            s.record("gen_ai.response.id", id.as_str());
+            upstream.push(KeyValue::new(attr::RESPONSE_ID, id.clone()));
         }
         if !d.finish_reasons.is_empty() {
-            let reasons: Vec<&str> = d.finish_reasons.iter().map(String::as_str).collect();
-            super::otel::record_finish_reasons(s, &reasons);
+            upstream.push(super::otel::finish_reasons_attribute(&d.finish_reasons));
         }
         if let Some(u) = f.usage {
-            super::otel::record_usage(s, u.prompt_tokens, u.completion_tokens);
+            upstream.extend(super::otel::usage_attributes(
+                u.prompt_tokens,
+                u.completion_tokens,
+            ));
         }
         if let Some(t) = f.ttft {
-            s.record("sluice.time_to_first_token_ms", t.as_secs_f64() * 1000.0);
+            upstream.push(KeyValue::new(
+                attr::TIME_TO_FIRST_TOKEN_MS,
+                t.as_secs_f64() * 1000.0,
+            ));
         }
         if let Some(c) = f
             .cost
             .and_then(|c| rust_decimal::prelude::ToPrimitive::to_f64(&c))
         {
-            s.record("sluice.cost_usd", c);
-        }
-        if let Some(e) = &d.error {
-            s.record("error.type", e.kind());
+            upstream.push(KeyValue::new(attr::COST_USD, c));
         }
         if obs.otel.capture_content {
-            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
             let max = obs.otel.max_content_bytes;
             if let Some(body) = &d.request_body {
-                s.set_attribute(
-                    super::otel::attr::INPUT_MESSAGES,
+                upstream.push(KeyValue::new(
+                    attr::INPUT_MESSAGES,
                     super::otel::capture(body, max),
-                );
+                ));
             }
             if let Some(body) = &d.response_body {
-                s.set_attribute(
-                    super::otel::attr::OUTPUT_MESSAGES,
+                upstream.push(KeyValue::new(
+                    attr::OUTPUT_MESSAGES,
                     super::otel::capture(body, max),
-                );
+                ));
             }
         }
+        let upstream_end = d
+            .upstream_done
+            .map(|t| self.received_at + (t - self.received));
+        spans.end(
+            call,
+            upstream,
+            d.error.as_ref().map(GatewayError::kind),
+            f.status >= 500,
+            upstream_end,
+        );
     }
 
-    fn log(&self, d: &CallData, f: &Finished) {
-        let _entered = self.span.enter();
+    /// The access record: a root event (no parent span) with the request's own id, route and method,
+    /// so the log formatter does not re-read the request span's fields and no span event is built.
+    fn log(&self, d: &CallData, f: &Finished, trace_id: Option<&str>) {
         let model = d.requested_model.as_deref();
         let provider = d.provider.as_ref().map(|l| &*l.0);
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -640,12 +670,15 @@ impl Call {
         macro_rules! access {
             ($level:expr, $msg:literal) => {
                 tracing::event!(
+                    target: super::ACCESS_TARGET,
+                    parent: None,
                     $level,
-                    // Evaluated only when the record is logged.
-                    trace_id = super::otel::trace_id(&self.span).as_deref(),
+                    request_id = self.request_id.as_str(),
+                    route = &*self.route.0,
+                    method = %self.method,
+                    trace_id,
                     key_id = d.key_id.as_deref(),
                     cache = d.cache,
-                    method = %self.method,
                     status = f.status,
                     model,
                     provider,
@@ -676,7 +709,9 @@ impl Call {
 
     /// Arrival time (unix ms) and route, for the request log.
     pub fn received_unix_ms(&self) -> i64 {
-        self.received_unix_ms
+        self.received_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     }
 
     /// The matched route.
@@ -716,6 +751,7 @@ impl Call {
             stream: d.stream,
             error: d.error.as_ref().map(|e| (e.kind(), e.to_string())),
             timeline,
+            trace_id: None,
             request_body: None,
             response_body: None,
         }
@@ -738,6 +774,8 @@ pub struct CallSummary {
     pub error: Option<(&'static str, String)>,
     /// (offset ms, event) pairs.
     pub timeline: Vec<(f64, &'static str)>,
+    /// The trace id, when the call was sampled.
+    pub trace_id: Option<String>,
     /// Captured request body (only when body capture is on).
     pub request_body: Option<String>,
     /// Captured response body or streamed text (only when body capture is on).

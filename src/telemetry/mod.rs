@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+use tracing_subscriber::filter::{FilterExt as _, FilterFn, LevelFilter, filter_fn};
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
@@ -112,7 +112,7 @@ impl Observability {
         let record = RequestRecord {
             id: finished.request_id.clone(),
             received_at: call.received_unix_ms(),
-            trace_id: otel::trace_id(call.span()),
+            trace_id: summary.trace_id,
             key_id: summary.key_id,
             route: call.route().to_owned(),
             method: call.method().to_string(),
@@ -176,30 +176,39 @@ pub fn lower_current_thread_priority() {
 /// Name of the request span; the only span whose fields appear in log lines.
 pub const REQUEST_SPAN: &str = "request";
 
-/// The span of one request, child of the client's W3C trace context when it sent one.
-pub fn request_span(
+/// Target of the access record, one per request (`telemetry::call`): a root event carrying its own
+/// request id, route and method, so formatting it needs no span lookup, and kept out of traces.
+pub const ACCESS_TARGET: &str = "sluice::access";
+
+/// The `tracing` span of one request: the context of its log lines (request id, route, method).
+pub fn request_span(method: &http::Method, route: &str, request_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        REQUEST_SPAN,
+        http.request.method = %method,
+        http.route = route,
+        request_id,
+    )
+}
+
+/// The OTel server span of one request, child of the client's W3C trace context when it sent one;
+/// `None` when trace export is off.
+pub fn request_spans(
     method: &http::Method,
     route: &str,
     request_id: &str,
     headers: &http::HeaderMap,
-) -> tracing::Span {
-    let span = tracing::info_span!(
-        REQUEST_SPAN,
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = route,
-        request_id,
-        http.response.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-    );
-    otel::set_parent_from(&span, headers);
-    span
-}
-
-/// Adds `traceparent` for an upstream request made inside `span`.
-pub fn inject_trace_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
-    otel::inject_current(span, headers);
+) -> Option<otel::CallSpans> {
+    let tracer = otel::tracer()?;
+    Some(otel::CallSpans::server(
+        tracer,
+        format!("{method} {route}"),
+        headers,
+        vec![
+            opentelemetry::KeyValue::new("http.request.method", method.to_string()),
+            opentelemetry::KeyValue::new("http.route", route.to_owned()),
+            opentelemetry::KeyValue::new("sluice.request_id", request_id.to_owned()),
+        ],
+    ))
 }
 
 /// What [`init`] started: the trace exporter, if configured, and the log writer thread. Keep it until
@@ -238,7 +247,7 @@ impl TelemetryGuard {
 pub const LOG_BUFFER_LINES: usize = 64 * 1024;
 
 /// Installs the global subscriber: the configured log format on stdout, written by a background thread
-/// (the request path only formats and queues a line), plus OpenTelemetry export when configured.
+/// (the request path only formats and queues a line); and the OpenTelemetry tracer when configured.
 /// Returns the guard to flush at shutdown. Safe to call more than once (later calls keep the first
 /// subscriber).
 pub fn init(
@@ -250,7 +259,7 @@ pub fn init(
         .lossy(true)
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .thread_name("sluice-log-writer")
-        .finish(std::io::stdout());
+        .finish(BackgroundWriter::new(std::io::stdout()));
     let dropped_lines = writer.error_counter();
     install(
         config,
@@ -265,12 +274,49 @@ pub fn init(
     })
 }
 
-/// Log output sees events and the request span, no other span (see [`install`]).
-fn only_request_span(meta: &tracing::Metadata<'_>) -> bool {
-    !meta.is_span() || meta.name() == REQUEST_SPAN
+/// The log writer thread's output. The appender's thread takes every queued line, then flushes once
+/// its queue is empty: with a buffer in between, a burst of lines is one `write` to stdout instead of
+/// one per line. On its first write it lowers its own thread to the lowest priority (the appender
+/// starts that thread itself), like the other background threads: writing logs never delays a
+/// request; if it falls behind, the bounded queue drops lines and counts them.
+struct BackgroundWriter<W: std::io::Write> {
+    inner: std::io::BufWriter<W>,
+    lowered: bool,
 }
 
-/// Installs the global subscriber writing logs to `writer` (tests capture logs this way).
+impl<W: std::io::Write> BackgroundWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner: std::io::BufWriter::with_capacity(64 * 1024, inner),
+            lowered: false,
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for BackgroundWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.lowered {
+            self.lowered = true;
+            lower_current_thread_priority();
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Log output sees events and the request span, no other span (see [`install`]). The hint says
+/// "any level", so that the log filter's own hint decides the subscriber's maximum level (combined
+/// filters take the stricter hint, and no hint at all would enable every callsite).
+fn only_request_span() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    filter_fn(|meta| !meta.is_span() || meta.name() == REQUEST_SPAN)
+        .with_max_level_hint(LevelFilter::TRACE)
+}
+
+/// Installs the global subscriber writing logs to `writer` (tests capture logs this way), and `otel`'s
+/// tracer for the calls' spans ([`otel::install`]).
 ///
 /// Log lines carry the fields of the [`REQUEST_SPAN`] around them (request id, route, method) but no
 /// other span: the upstream-attempt span is recorded field by field as a call progresses, and
@@ -282,9 +328,10 @@ where
 {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
-    // The log filter applies to the log output only: raising it to `warn` must not switch traces off.
-    let otel_layer = otel.map(otel::OtelGuard::layer);
-    let registry = tracing_subscriber::registry().with(otel_layer);
+    if let Some(otel) = otel {
+        otel::install(otel);
+    }
+    let registry = tracing_subscriber::registry();
     let result = match config.format {
         LogFormat::Json => registry
             .with(
@@ -294,7 +341,7 @@ where
                     .with_current_span(true)
                     .with_span_list(false)
                     .with_writer(writer)
-                    .with_filter(filter_fn(only_request_span).and(filter)),
+                    .with_filter(only_request_span().and(filter)),
             )
             .try_init(),
         LogFormat::Text => registry
@@ -302,10 +349,28 @@ where
                 fmt::layer()
                     .with_ansi(ansi)
                     .with_writer(writer)
-                    .with_filter(filter_fn(only_request_span).and(filter)),
+                    .with_filter(only_request_span().and(filter)),
             )
             .try_init(),
     };
     // Already installed (tests start several apps in one process): keep the first.
     drop(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn background_writer_batches_lines_until_flushed() {
+        let mut writer = BackgroundWriter::new(Vec::new());
+        writer.write_all(b"{\"a\":1}\n").unwrap();
+        writer.write_all(b"{\"b\":2}\n").unwrap();
+        assert!(writer.inner.get_ref().is_empty(), "buffered, not written");
+        writer.flush().unwrap();
+        assert_eq!(writer.inner.get_ref().as_slice(), b"{\"a\":1}\n{\"b\":2}\n");
+        assert!(writer.lowered);
+    }
 }

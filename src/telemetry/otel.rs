@@ -1,14 +1,24 @@
 //! OpenTelemetry tracing: OTLP export through a batch span processor, W3C trace-context propagation,
-//! GenAI semantic-convention attribute names, and redaction of captured prompt/completion content.
+//! the spans of each call, GenAI semantic-convention attribute names, and redaction of captured
+//! prompt/completion content.
 //!
 //! How it fits together:
 //!
 //! - [`init`] builds an `SdkTracerProvider` whose spans go through the SDK's thread-based
 //!   `BatchSpanProcessor` to an OTLP exporter (HTTP/protobuf or gRPC). It returns `None` when no
 //!   endpoint is configured, so tracing export costs nothing unless asked for.
-//! - [`OtelGuard::layer`] is the `tracing-opentelemetry` layer the caller adds to its subscriber; every
-//!   `tracing` span then becomes an OTel span, its fields become attributes.
+//! - [`install`] makes its tracer the one every call records with; [`CallSpans`] are the spans of one
+//!   call: a server span from arrival to last byte (an internal span for the gateway's own calls) and
+//!   a client span for its upstream attempt, built with the OTel SDK directly from what the call record
+//!   (`telemetry::call`) collects. Their attributes are set once, when the call finishes.
 //! - [`OtelGuard::shutdown`] flushes and stops the exporter; call it after the server stopped.
+//!
+//! **Why not `tracing` spans.** Log lines keep their `tracing` request span (for the context of log
+//! lines); the OTel spans do not go through a `tracing` layer. The bridge (`tracing-opentelemetry`)
+//! did its work on the request's thread at every step: building a span builder per span, converting
+//! each recorded field through a visitor, entering and leaving on every poll of the request future,
+//! and attaching events as span events. `bench/observability.sh` measured it at ~20 µs of request-
+//! thread CPU per request; the direct spans cost a few.
 //!
 //! **Batching and overload.** The processor keeps finished spans in a bounded queue (2048 spans by
 //! default, `OTEL_BSP_MAX_QUEUE_SIZE`) and exports batches of up to 64 ([`DEFAULT_EXPORT_BATCH_SIZE`],
@@ -27,34 +37,17 @@
 //! **Semantic conventions.** Attribute names follow the OpenTelemetry GenAI semantic conventions
 //! ([`attr::SEMCONV_VERSION`], status "Development"): one span per model call, named
 //! `"{gen_ai.operation.name} {gen_ai.request.model}"` (e.g. `chat gpt-4o`, see [`span_name`]), kind
-//! CLIENT for the upstream call. With `tracing`, declare the attributes as span fields (constant names in
-//! braces), leave the late ones `Empty` and `record` them when known:
-//!
-//! ```
-//! use sluice::telemetry::otel::{attr, span_name};
-//! let span = tracing::info_span!(
-//!     "gen_ai",
-//!     otel.name = %span_name(attr::operation::CHAT, "gpt-4o"),
-//!     otel.kind = "client",
-//!     { attr::OPERATION_NAME } = attr::operation::CHAT,
-//!     { attr::PROVIDER_NAME } = attr::provider::OPENAI,
-//!     { attr::REQUEST_MODEL } = "gpt-4o",
-//!     { attr::RESPONSE_ID } = tracing::field::Empty,
-//! );
-//! span.record(attr::RESPONSE_ID, "chatcmpl-1");
-//! ```
-//!
-//! `otel.name` and `otel.kind` must be set before the OTel span is built: when the span is first
-//! entered, or earlier by [`trace_id`] / [`inject_current`]; later values are ignored. Record integers as `i64`: `tracing` hands `u64` values to the layer as text, so a `u64` token
-//! count would arrive as the string `"12"` ([`record_usage`] converts). Array attributes (finish reasons)
-//! cannot be `tracing` fields; [`record_finish_reasons`] sets them directly.
+//! CLIENT for the upstream call, SERVER for the request around it. Token counts are integers
+//! ([`usage_attributes`]), finish reasons a string array ([`finish_reasons_attribute`]).
 
 use std::borrow::Cow;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator as _;
-use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Array, Context, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_http::{Bytes, HeaderExtractor, HeaderInjector, HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
@@ -65,11 +58,6 @@ use opentelemetry_sdk::trace::{
 };
 use regex::Regex;
 use serde::Deserialize;
-use tracing::Subscriber;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::filter_fn;
-use tracing_subscriber::registry::LookupSpan;
 
 /// Base URL of the collector for all signals; `/v1/traces` is appended for HTTP.
 pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -101,21 +89,6 @@ pub const TRUNCATED_MARKER: &str = "…[truncated]";
 
 /// The largest OTLP response body read back from a collector (a success response is a few bytes).
 const MAX_EXPORT_RESPONSE_BYTES: usize = 64 * 1024;
-
-/// Log targets whose spans never reach the OTel layer: the exporter's own HTTP/gRPC stack and the SDK.
-/// Tracing them would export the export, in a loop, whenever their spans are enabled (`RUST_LOG=trace`).
-const EXPORTER_TARGETS: &[&str] = &[
-    "h2",
-    "hyper",
-    "hyper_util",
-    "tonic",
-    "tower",
-    "reqwest",
-    "opentelemetry",
-    "opentelemetry_sdk",
-    "opentelemetry_otlp",
-    "opentelemetry_http",
-];
 
 /// `[otel]` section: OTLP trace export and content capture.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -388,26 +361,6 @@ pub struct OtelGuard {
 }
 
 impl OtelGuard {
-    /// The `tracing` layer that turns spans into OTel spans, to add to the subscriber
-    /// (`registry().with(filter).with(fmt_layer).with(guard.as_ref().map(OtelGuard::layer))`).
-    ///
-    /// It carries its own filter that keeps the exporter's HTTP/gRPC stack and the OTel SDK out, so
-    /// exports are never traced themselves. Busy/idle tracking (`busy_ns`, `idle_ns`: a clock read and
-    /// two span-extension lookups on every enter and exit, i.e. on every poll of a stream's body) and
-    /// thread and source-location attributes are off: per-poll cost on the hot path for attributes no
-    /// GenAI dashboard reads; the span's own start and end times remain.
-    pub fn layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
-    where
-        S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
-    {
-        tracing_opentelemetry::layer()
-            .with_tracer(self.tracer.clone())
-            .with_tracked_inactivity(false)
-            .with_threads(false)
-            .with_location(false)
-            .with_filter(filter_fn(|metadata| !is_exporter_target(metadata.target())))
-    }
-
     /// Where spans go: the traces URL (HTTP) or collector URL (gRPC). For the start-up log line, which
     /// [`init`] cannot write itself (it runs before the subscriber is installed).
     pub fn endpoint(&self) -> &str {
@@ -448,14 +401,6 @@ impl OtelGuard {
         .map_err(|e| OtelError::Shutdown(e.to_string()))?;
         result.map_err(|e| OtelError::Shutdown(e.to_string()))
     }
-}
-
-fn is_exporter_target(target: &str) -> bool {
-    EXPORTER_TARGETS.iter().any(|prefix| {
-        target
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
-    })
 }
 
 /// Runs OTLP/HTTP requests on the exporter's own one-thread runtime, for an exporter that is driven
@@ -523,40 +468,166 @@ impl HttpClient for RuntimeHttpClient {
     }
 }
 
-// === Propagation ===
+// === Spans ===
+
+/// The tracer calls record their spans with, once [`install`]ed.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// Makes `guard`'s tracer the one every call records its spans with. Process-wide, like the log
+/// subscriber: the first call wins.
+pub fn install(guard: &OtelGuard) {
+    // A second install (tests start several apps in one process) keeps the first tracer.
+    drop(TRACER.set(guard.tracer.clone()));
+}
+
+/// The installed tracer, if trace export is on.
+pub fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
+}
 
 /// The remote parent carried by a client's W3C `traceparent`/`tracestate` headers (an empty context
-/// when absent or malformed). Give it to the request span with [`set_parent_from`] or
-/// `OpenTelemetrySpanExt::set_parent` before the span is entered.
+/// when absent or malformed).
 pub fn extract_parent(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
-/// Makes the caller's trace (if any) the parent of `span`. Does nothing when the OTel layer is not
-/// installed (export off) or the span was already entered.
-pub fn set_parent_from(span: &tracing::Span, headers: &http::HeaderMap) {
-    let parent = extract_parent(headers);
-    if parent.span().span_context().is_valid() {
-        // Errors mean "no OTel layer" or "already started"; neither is worth failing a request for.
-        drop(span.set_parent(parent));
+/// The OTel spans of one call, built with the SDK directly (see the module docs for why): the call's
+/// own span, started when it arrived, and the client span of its upstream attempt. The SDK's sampler
+/// decides at the start (parent-based: a caller's decision is kept); an unsampled call's spans are
+/// inert, and its trace context still travels upstream with the decision.
+pub struct CallSpans {
+    tracer: SdkTracer,
+    /// Context holding the call's span (server or internal), under its parent.
+    call: Context,
+    /// Context holding the upstream attempt's client span, under `call`.
+    upstream: Option<Context>,
+}
+
+impl CallSpans {
+    /// The server span of a request named `name`, child of the caller's W3C trace context when
+    /// `headers` carry one.
+    pub fn server(
+        tracer: &SdkTracer,
+        name: String,
+        headers: &http::HeaderMap,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
+        Self::start(
+            tracer,
+            name,
+            SpanKind::Server,
+            &extract_parent(headers),
+            attributes,
+        )
     }
-}
 
-/// Adds `traceparent` (and `tracestate` when present) for `span`'s OTel context to an upstream request.
-/// Adds nothing when the span has no valid OTel context (export off).
-pub fn inject_current(span: &tracing::Span, headers: &mut http::HeaderMap) {
-    let context = span.context();
-    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
-}
+    /// The span of a call the gateway makes for itself (the semantic cache's embedder, the RAG judge):
+    /// child of the current context, that is the request it works for when it runs inside one (the
+    /// request future runs with its call's context attached, see [`CallSpans::context`]).
+    pub fn internal(tracer: &SdkTracer, name: String, attributes: Vec<KeyValue>) -> Self {
+        Self::start(
+            tracer,
+            name,
+            SpanKind::Internal,
+            &Context::current(),
+            attributes,
+        )
+    }
 
-/// The span's trace id as 32 lowercase hex digits, for logs; `None` when the span has no valid or no
-/// sampled OTel context.
-pub fn trace_id(span: &tracing::Span) -> Option<String> {
-    let context = span.context();
-    let otel_span = context.span();
-    let span_context = otel_span.span_context();
-    (span_context.is_valid() && span_context.is_sampled())
-        .then(|| span_context.trace_id().to_string())
+    fn start(
+        tracer: &SdkTracer,
+        name: String,
+        kind: SpanKind,
+        parent: &Context,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
+        let span = tracer.build_with_context(
+            tracer
+                .span_builder(name)
+                .with_kind(kind)
+                .with_attributes(attributes),
+            parent,
+        );
+        Self {
+            tracer: tracer.clone(),
+            call: parent.with_span(span),
+            upstream: None,
+        }
+    }
+
+    /// Starts the client span of the upstream attempt (a second attempt replaces the first, which
+    /// ends then).
+    pub fn start_upstream(&mut self, name: String, attributes: Vec<KeyValue>) {
+        let span = self.tracer.build_with_context(
+            self.tracer
+                .span_builder(name)
+                .with_kind(SpanKind::Client)
+                .with_attributes(attributes),
+            &self.call,
+        );
+        if let Some(previous) = self.upstream.replace(self.call.with_span(span)) {
+            previous.span().end();
+        }
+    }
+
+    /// The context of the call's span, to attach while the call's work runs (internal calls made
+    /// from there become its children).
+    pub fn context(&self) -> &Context {
+        &self.call
+    }
+
+    /// Adds `traceparent` (and `tracestate` when present) for the upstream attempt's span (the call's
+    /// own span before one started) to an upstream request.
+    pub fn inject(&self, headers: &mut http::HeaderMap) {
+        let context = self.upstream.as_ref().unwrap_or(&self.call);
+        TraceContextPropagator::new().inject_context(context, &mut HeaderInjector(headers));
+    }
+
+    /// The trace id as 32 lowercase hex digits, for logs; `None` when the call is not sampled.
+    pub fn trace_id(&self) -> Option<String> {
+        let span = self.call.span();
+        let context = span.span_context();
+        (context.is_valid() && context.is_sampled()).then(|| context.trace_id().to_string())
+    }
+
+    /// Ends both spans: the upstream span at `upstream_end` (or now) with `upstream` attributes, the
+    /// call's span now with `call` attributes. An `error` (the `error.type` value) marks the spans
+    /// it belongs to as failed: the upstream span when the call had one, the call's span when
+    /// `call_failed` (a 5xx).
+    pub fn end(
+        self,
+        call: Vec<KeyValue>,
+        upstream: Vec<KeyValue>,
+        error: Option<&'static str>,
+        call_failed: bool,
+        upstream_end: Option<std::time::SystemTime>,
+    ) {
+        if let Some(context) = &self.upstream {
+            let span = context.span();
+            if span.is_recording() {
+                span.set_attributes(upstream);
+                if let Some(kind) = error {
+                    span.set_attribute(KeyValue::new(attr::ERROR_TYPE, kind));
+                    span.set_status(Status::error(kind));
+                }
+            }
+            match upstream_end {
+                Some(at) => span.end_with_timestamp(at),
+                None => span.end(),
+            }
+        }
+        let span = self.call.span();
+        if span.is_recording() {
+            span.set_attributes(call);
+            if let Some(kind) = error {
+                span.set_attribute(KeyValue::new(attr::ERROR_TYPE, kind));
+                if call_failed {
+                    span.set_status(Status::error(kind));
+                }
+            }
+        }
+        span.end();
+    }
 }
 
 // === GenAI attributes ===
@@ -630,23 +701,25 @@ pub fn span_name(operation: &str, model: &str) -> String {
     }
 }
 
-/// Records token usage as integer attributes (converted to `i64`, saturating: `u64` fields would be
-/// exported as strings). The span must declare both fields.
-pub fn record_usage(span: &tracing::Span, input_tokens: u64, output_tokens: u64) {
-    span.record(attr::USAGE_INPUT_TOKENS, saturating_i64(input_tokens));
-    span.record(attr::USAGE_OUTPUT_TOKENS, saturating_i64(output_tokens));
+/// `gen_ai.usage.input_tokens` and `gen_ai.usage.output_tokens` as integers (converted to `i64`,
+/// saturating).
+pub fn usage_attributes(input_tokens: u64, output_tokens: u64) -> [KeyValue; 2] {
+    [
+        KeyValue::new(attr::USAGE_INPUT_TOKENS, saturating_i64(input_tokens)),
+        KeyValue::new(attr::USAGE_OUTPUT_TOKENS, saturating_i64(output_tokens)),
+    ]
 }
 
-/// Sets `gen_ai.response.finish_reasons` as a string array (not expressible as a `tracing` field).
-pub fn record_finish_reasons(span: &tracing::Span, reasons: &[&str]) {
+/// `gen_ai.response.finish_reasons` as a string array.
+pub fn finish_reasons_attribute(reasons: &[String]) -> KeyValue {
     let values: Vec<StringValue> = reasons
         .iter()
-        .map(|r| StringValue::from((*r).to_owned()))
+        .map(|r| StringValue::from(r.clone()))
         .collect();
-    span.set_attribute(
+    KeyValue::new(
         attr::RESPONSE_FINISH_REASONS,
         Value::Array(Array::String(values)),
-    );
+    )
 }
 
 fn saturating_i64(n: u64) -> i64 {
@@ -716,7 +789,6 @@ mod tests {
     use std::collections::HashMap;
 
     use opentelemetry::trace::TraceContextExt as _;
-    use tracing_subscriber::prelude::*;
 
     use super::*;
     use crate::testkit::otlp::{AttrValue, OtlpReceiver, ReceivedSpan};
@@ -881,42 +953,42 @@ mod tests {
         assert!(matches!(err, OtelError::NoRuntime), "{err}");
     }
 
-    /// A request span with a GenAI child span, declared and recorded the way handlers will; returns
-    /// the request's trace id as [`trace_id`] reports it.
-    fn emit_chat_call() -> Option<String> {
-        let request = tracing::info_span!(
-            "request",
-            otel.kind = "server",
-            route = "/v1/chat/completions"
+    /// A request with a GenAI upstream call, recorded the way `telemetry::call` does; returns the
+    /// request's trace id as [`CallSpans::trace_id`] reports it.
+    fn emit_chat_call(tracer: &SdkTracer) -> Option<String> {
+        let mut spans = CallSpans::server(
+            tracer,
+            "POST /v1/chat/completions".to_owned(),
+            &http::HeaderMap::new(),
+            vec![KeyValue::new("http.route", "/v1/chat/completions")],
         );
-        let _entered = request.enter();
-        let call = tracing::info_span!(
-            "gen_ai",
-            otel.name = %span_name(attr::operation::CHAT, "gpt-4o"),
-            otel.kind = "client",
-            { attr::OPERATION_NAME } = attr::operation::CHAT,
-            { attr::PROVIDER_NAME } = attr::provider::OPENAI,
-            { attr::REQUEST_MODEL } = "gpt-4o",
-            { attr::REQUEST_TEMPERATURE } = 0.2,
-            { attr::REQUEST_MAX_TOKENS } = 256_i64,
-            { attr::RESPONSE_MODEL } = tracing::field::Empty,
-            { attr::RESPONSE_ID } = tracing::field::Empty,
-            { attr::USAGE_INPUT_TOKENS } = tracing::field::Empty,
-            { attr::USAGE_OUTPUT_TOKENS } = tracing::field::Empty,
-            { attr::TIME_TO_FIRST_TOKEN_MS } = tracing::field::Empty,
-            { attr::COST_USD } = tracing::field::Empty,
-            // Shows the pitfall record_usage avoids: a u64 arrives as text.
-            raw_u64 = tracing::field::Empty,
+        spans.start_upstream(
+            span_name(attr::operation::CHAT, "gpt-4o"),
+            vec![
+                KeyValue::new(attr::OPERATION_NAME, attr::operation::CHAT),
+                KeyValue::new(attr::PROVIDER_NAME, attr::provider::OPENAI),
+                KeyValue::new(attr::REQUEST_MODEL, "gpt-4o"),
+                KeyValue::new(attr::REQUEST_TEMPERATURE, 0.2),
+                KeyValue::new(attr::REQUEST_MAX_TOKENS, 256_i64),
+            ],
         );
-        let _call = call.enter();
-        call.record(attr::RESPONSE_MODEL, "gpt-4o-2024-08-06");
-        call.record(attr::RESPONSE_ID, "chatcmpl-123");
-        call.record(attr::TIME_TO_FIRST_TOKEN_MS, 42_i64);
-        call.record(attr::COST_USD, 0.0015);
-        call.record("raw_u64", 7_u64);
-        record_usage(&call, 12, 34);
-        record_finish_reasons(&call, &["stop"]);
-        trace_id(&request)
+        let trace = spans.trace_id();
+        let mut upstream = vec![
+            KeyValue::new(attr::RESPONSE_MODEL, "gpt-4o-2024-08-06"),
+            KeyValue::new(attr::RESPONSE_ID, "chatcmpl-123"),
+            KeyValue::new(attr::TIME_TO_FIRST_TOKEN_MS, 42_i64),
+            KeyValue::new(attr::COST_USD, 0.0015),
+            finish_reasons_attribute(&["stop".to_owned()]),
+        ];
+        upstream.extend(usage_attributes(12, u64::MAX));
+        spans.end(
+            vec![KeyValue::new("http.response.status_code", 200_i64)],
+            upstream,
+            None,
+            false,
+            None,
+        );
+        trace
     }
 
     #[tokio::test]
@@ -926,13 +998,12 @@ mod tests {
             service_name: Some("sluice-test".to_owned()),
             ..config_for(receiver.endpoint())
         });
-        let subscriber = tracing_subscriber::registry().with(guard.layer());
-        let request_trace = tracing::subscriber::with_default(subscriber, emit_chat_call);
+        let request_trace = emit_chat_call(&guard.tracer);
         guard.shutdown().await.unwrap();
 
         let spans = receiver.wait_for_spans(|s| s.len() >= 2, WAIT).await;
         assert_eq!(spans.len(), 2, "{spans:#?}");
-        let request = by_name(&spans, "request");
+        let request = by_name(&spans, "POST /v1/chat/completions");
         let call = by_name(&spans, "chat gpt-4o");
         // Parent/child and trace id.
         assert_eq!(call.trace_id, request.trace_id);
@@ -958,9 +1029,10 @@ mod tests {
             call.attr(attr::USAGE_INPUT_TOKENS),
             Some(&AttrValue::Int(12))
         );
+        // u64 beyond i64 saturates instead of wrapping or becoming text.
         assert_eq!(
             call.attr(attr::USAGE_OUTPUT_TOKENS),
-            Some(&AttrValue::Int(34))
+            Some(&AttrValue::Int(i64::MAX))
         );
         assert_eq!(
             call.attr(attr::REQUEST_MAX_TOKENS),
@@ -981,11 +1053,15 @@ mod tests {
                 "stop".to_owned()
             )]))
         );
-        assert_eq!(call.attr("raw_u64").cloned(), s("7"));
-        // The special fields are consumed, not exported.
-        assert_eq!(call.attr("otel.name"), None);
-        assert_eq!(call.attr("otel.kind"), None);
-        assert_eq!(request.attr("route").cloned(), s("/v1/chat/completions"));
+        assert_eq!(
+            request.attr("http.route").cloned(),
+            s("/v1/chat/completions")
+        );
+        assert_eq!(
+            request.attr("http.response.status_code"),
+            Some(&AttrValue::Int(200))
+        );
+        assert_eq!(request.attr(attr::USAGE_INPUT_TOKENS), None);
         // Resource.
         assert_eq!(call.resource.get("service.name").cloned(), s("sluice-test"));
         assert_eq!(
@@ -998,7 +1074,6 @@ mod tests {
     async fn incoming_traceparent_becomes_the_parent_and_is_sent_upstream() {
         let receiver = OtlpReceiver::start().await.unwrap();
         let guard = start(&config_for(receiver.endpoint()));
-        let subscriber = tracing_subscriber::registry().with(guard.layer());
         let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
         let caller_span = "00f067aa0ba902b7";
         let mut incoming = http::HeaderMap::new();
@@ -1017,15 +1092,12 @@ mod tests {
         );
         assert!(parent.span().span_context().is_remote());
 
-        let (outgoing, logged) = tracing::subscriber::with_default(subscriber, || {
-            let request = tracing::info_span!("request");
-            set_parent_from(&request, &incoming);
-            let _entered = request.enter();
-            let upstream = tracing::info_span!("upstream", otel.kind = "client");
-            let mut outgoing = http::HeaderMap::new();
-            inject_current(&upstream, &mut outgoing);
-            (outgoing, trace_id(&upstream))
-        });
+        let mut spans = CallSpans::server(&guard.tracer, "request".to_owned(), &incoming, vec![]);
+        spans.start_upstream("upstream".to_owned(), vec![]);
+        let mut outgoing = http::HeaderMap::new();
+        spans.inject(&mut outgoing);
+        let logged = spans.trace_id();
+        spans.end(vec![], vec![], Some("upstream_failed"), true, None);
         guard.shutdown().await.unwrap();
 
         assert_eq!(logged.as_deref(), Some(caller_trace));
@@ -1050,13 +1122,47 @@ mod tests {
         assert_eq!(request.parent_span_id, caller_span);
         assert_eq!(upstream.parent_span_id, request.span_id);
         assert_eq!(upstream.span_id, parts[2]);
+        // The failure is on both spans (a 5xx), as error.type and status.
+        for span in [request, upstream] {
+            assert_eq!(
+                span.attr(attr::ERROR_TYPE),
+                Some(&AttrValue::String("upstream_failed".to_owned()))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_calls_are_children_of_the_attached_context() {
+        let receiver = OtlpReceiver::start().await.unwrap();
+        let guard = start(&config_for(receiver.endpoint()));
+        let request = CallSpans::server(
+            &guard.tracer,
+            "request".to_owned(),
+            &http::HeaderMap::new(),
+            vec![],
+        );
+        let internal = {
+            let _attached = request.context().clone().attach();
+            CallSpans::internal(&guard.tracer, "internal call".to_owned(), vec![])
+        };
+        let detached = CallSpans::internal(&guard.tracer, "detached".to_owned(), vec![]);
+        for spans in [internal, detached, request] {
+            spans.end(vec![], vec![], None, false, None);
+        }
+        guard.shutdown().await.unwrap();
+        let spans = receiver.wait_for_spans(|s| s.len() >= 3, WAIT).await;
+        let request = by_name(&spans, "request");
+        let internal = by_name(&spans, "internal call");
+        assert_eq!(internal.parent_span_id, request.span_id);
+        assert_eq!(internal.trace_id, request.trace_id);
+        assert_eq!(internal.kind, 1, "internal");
+        assert!(by_name(&spans, "detached").parent_span_id.is_empty());
     }
 
     #[tokio::test]
     async fn unsampled_caller_is_respected() {
         let receiver = OtlpReceiver::start().await.unwrap();
         let guard = start(&config_for(receiver.endpoint()));
-        let subscriber = tracing_subscriber::registry().with(guard.layer());
         let mut incoming = http::HeaderMap::new();
         incoming.insert(
             "traceparent",
@@ -1064,27 +1170,27 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let (outgoing, logged) = tracing::subscriber::with_default(subscriber, || {
-            let request = tracing::info_span!("unsampled");
-            set_parent_from(&request, &incoming);
-            let mut outgoing = http::HeaderMap::new();
-            inject_current(&request, &mut outgoing);
-            (outgoing, trace_id(&request))
-        });
+        let mut spans = CallSpans::server(&guard.tracer, "unsampled".to_owned(), &incoming, vec![]);
+        spans.start_upstream("unsampled upstream".to_owned(), vec![]);
+        let mut outgoing = http::HeaderMap::new();
+        spans.inject(&mut outgoing);
+        let logged = spans.trace_id();
+        spans.end(vec![], vec![], None, false, None);
         guard.shutdown().await.unwrap();
         assert_eq!(logged, None);
         // The decision still travels upstream.
         assert!(outgoing["traceparent"].to_str().unwrap().ends_with("-00"));
-        assert!(receiver.spans().iter().all(|s| s.name != "unsampled"));
+        assert!(
+            receiver
+                .spans()
+                .iter()
+                .all(|s| !s.name.starts_with("unsampled"))
+        );
     }
 
     #[test]
-    fn helpers_are_inert_without_the_layer() {
-        let span = tracing::info_span!("no layer");
-        let mut headers = http::HeaderMap::new();
-        inject_current(&span, &mut headers);
-        assert!(headers.is_empty());
-        assert_eq!(trace_id(&span), None);
+    fn malformed_traceparent_is_no_parent() {
+        let headers = http::HeaderMap::new();
         assert!(!extract_parent(&headers).span().span_context().is_valid());
         let mut bad = http::HeaderMap::new();
         bad.insert("traceparent", "garbage".parse().unwrap());
@@ -1098,11 +1204,14 @@ mod tests {
             sample_ratio: 0.0,
             ..config_for(receiver.endpoint())
         });
-        let subscriber = tracing_subscriber::registry().with(guard.layer());
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("dropped");
-            let _entered = span.enter();
-        });
+        let spans = CallSpans::server(
+            &guard.tracer,
+            "dropped".to_owned(),
+            &http::HeaderMap::new(),
+            vec![],
+        );
+        assert_eq!(spans.trace_id(), None);
+        spans.end(vec![], vec![], None, false, None);
         guard.shutdown().await.unwrap();
         assert!(receiver.spans().is_empty());
     }
@@ -1117,11 +1226,13 @@ mod tests {
         assert_eq!(guard.protocol(), OtlpProtocol::Grpc);
         assert_eq!(guard.endpoint(), receiver.endpoint());
         assert_eq!(guard.service_name(), DEFAULT_SERVICE_NAME);
-        let subscriber = tracing_subscriber::registry().with(guard.layer());
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("over grpc", { attr::REQUEST_MODEL } = "m");
-            let _entered = span.enter();
-        });
+        CallSpans::server(
+            &guard.tracer,
+            "over grpc".to_owned(),
+            &http::HeaderMap::new(),
+            vec![KeyValue::new(attr::REQUEST_MODEL, "m")],
+        )
+        .end(vec![], vec![], None, false, None);
         guard.shutdown().await.unwrap();
         let spans = receiver.wait_for_spans(|s| !s.is_empty(), WAIT).await;
         let span = by_name(&spans, "over grpc");
@@ -1143,10 +1254,13 @@ mod tests {
             export_timeout: Duration::from_millis(500),
             ..config_for(format!("http://{closed}"))
         });
-        let subscriber = tracing_subscriber::registry().with(guard.layer());
-        tracing::subscriber::with_default(subscriber, || {
-            let _span = tracing::info_span!("lost").entered();
-        });
+        CallSpans::server(
+            &guard.tracer,
+            "lost".to_owned(),
+            &http::HeaderMap::new(),
+            vec![],
+        )
+        .end(vec![], vec![], None, false, None);
         let started = std::time::Instant::now();
         let result = guard.shutdown().await;
         assert!(
@@ -1162,17 +1276,6 @@ mod tests {
     fn span_name_follows_the_convention() {
         assert_eq!(span_name("chat", "gpt-4o"), "chat gpt-4o");
         assert_eq!(span_name("embeddings", ""), "embeddings");
-    }
-
-    #[test]
-    fn exporter_targets_are_filtered_by_crate() {
-        assert!(is_exporter_target("hyper"));
-        assert!(is_exporter_target("hyper_util::client::legacy"));
-        assert!(is_exporter_target("h2::proto"));
-        assert!(is_exporter_target("opentelemetry_sdk"));
-        assert!(!is_exporter_target("sluice::provider"));
-        assert!(!is_exporter_target("hyperbolic"));
-        assert!(!is_exporter_target("towering"));
     }
 
     #[test]
