@@ -18,6 +18,12 @@
 #
 #   bench/modes.sh [RUNS] [RATE] [DURATION]     defaults: 3 2000 10s;  MODES="..." picks modes
 #
+# PIN=process (default): the whole Sluice process on core 0, so its background threads (log writer,
+# request-log writer, span export) compete with its request thread for the one core: the strictest
+# layout. PIN=requests: the request threads on core 0 and the background threads free to run on either
+# core (at the lowest priority, in the idle time of the load generator's and upstream's core too), as
+# they do on any machine with a core to spare.
+#
 # Needs oha (cargo install oha --locked), taskset and python3 (and redis-server for the redis mode);
 # builds the release binaries first. Pinning as in bench/run.sh: Sluice on core 0; upstream and oha on
 # core 1; the OTLP receiver and redis-server on core 1 too, the receiver at nice 19 in its own process.
@@ -27,6 +33,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 cargo build --release --bins --quiet ${CARGO_FEATURES:+--features "$CARGO_FEATURES"}
 SUITE="${SUITE:-observability}"
+PIN="${PIN:-process}"
+case "$PIN" in process|requests) ;; *) echo "PIN must be process or requests" >&2; exit 2 ;; esac
 case "$SUITE" in
   observability) PREFIX=obs; DEFAULT_MODES="off on" ;;
   access) PREFIX=access; DEFAULT_MODES="off auth memory" ;;
@@ -34,6 +42,7 @@ case "$SUITE" in
   *) echo "unknown SUITE $SUITE" >&2; exit 2 ;;
 esac
 OUT="$REPO/bench/results/$PREFIX-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
+echo "PIN=$PIN RUNS=$RUNS RATE=$RATE DURATION=$DURATION MODES=${MODES:-default}" >"$OUT/layout.txt"
 WORK="$(mktemp -d)"; PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -121,9 +130,19 @@ for run in $(seq "$RUNS"); do
     if [ "$target" = direct ]; then
       url="http://127.0.0.1:$PORT_UP/v1/chat/completions"
     else
-      TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/sluice serve --config "$WORK/$target.toml" >"$WORK/sluice-$target.log" 2>&1 &
+      if [ "$PIN" = process ]; then cores=0; else cores=0,1; fi
+      TOKIO_WORKER_THREADS=1 taskset -c "$cores" target/release/sluice serve --config "$WORK/$target.toml" >"$WORK/sluice-$target.log" 2>&1 &
       pid=$!
       for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT_GW") 2>/dev/null && break; sleep 0.05; done
+      if [ "$PIN" = requests ]; then
+        # The request threads (main thread, Tokio worker and blocking pool) to core 0; threads they
+        # start later inherit it. The background threads keep both cores.
+        for task in /proc/"$pid"/task/*; do
+          case "$(cat "$task/comm")" in
+            sluice|tokio-rt-worker) taskset -p -c 0 "${task##*/}" >/dev/null ;;
+          esac
+        done
+      fi
       url="http://127.0.0.1:$PORT_GW/v1/chat/completions"
       "${OHA[@]}" -n 2000 -c 50 -d "$BODY" "$url" >/dev/null   # warm-up
     fi
@@ -140,7 +159,7 @@ for run in $(seq "$RUNS"); do
     if [ "$target" != direct ]; then kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; fi
   done
 done
-echo "access-log bytes written by the last instance: $(wc -c <"$WORK/sluice-$target.log")" >"$OUT/notes.txt"
+{ cat "$OUT/layout.txt"; echo "access-log bytes written by the last instance: $(wc -c <"$WORK/sluice-$target.log")"; } >"$OUT/notes.txt"
 echo "requests in the request log: $(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from requests').fetchone()[0])" "$WORK/requests.db" 2>/dev/null || echo '?')" >>"$OUT/notes.txt"
 
 MODES="$MODES" python3 - "$OUT" "$RUNS" <<'PY'

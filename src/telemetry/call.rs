@@ -494,8 +494,9 @@ impl Call {
         }
         self.record_metrics(&d, &finished, obs);
         let trace_id = d.spans.as_ref().and_then(CallSpans::trace_id);
-        self.end_spans(&mut d, &finished, obs);
-        self.log(&d, &finished, trace_id.as_deref());
+        // The access line and the spans' end are written by the telemetry thread.
+        let spans = self.span_ending(&mut d, &finished, obs);
+        let access = self.access_record(&d, &finished, trace_id.clone());
         if obs.request_log.is_some() {
             let mut summary = self.summary(&d);
             summary.trace_id = trace_id;
@@ -506,7 +507,21 @@ impl Call {
             obs.record_request(self, summary, &finished);
         }
         drop(d);
-        obs.finished_calls.send_modify(|n| *n += 1);
+        let finished_calls = Arc::clone(&obs.finished_calls);
+        if spans.is_none() && access.is_none() {
+            finished_calls.send_modify(|n| *n += 1);
+        } else {
+            // Counted once written, so that waiting for finished calls includes their logs and spans.
+            super::background::run(move || {
+                if let Some(spans) = spans {
+                    spans.end();
+                }
+                if let Some(access) = access {
+                    access.emit();
+                }
+                finished_calls.send_modify(|n| *n += 1);
+            });
+        }
         Some(finished)
     }
 
@@ -591,120 +606,70 @@ impl Call {
         }
     }
 
-    /// Ends the OTel spans with what the call learnt. GenAI attributes go on the client span of the
-    /// upstream call (where the convention puts them); the server span gets the status and the
-    /// error, which exist for every request.
-    fn end_spans(&self, d: &mut CallData, f: &Finished, obs: &Observability) {
-        let Some(spans) = d.spans.take() else { return };
-        let call = vec![KeyValue::new(
-            "http.response.status_code",
-            i64::from(f.status),
-        )];
-        let mut upstream = Vec::with_capacity(10);
-        if let Some(model) = &d.response_model {
-            upstream.push(KeyValue::new(attr::RESPONSE_MODEL, model.clone()));
-        }
-        if let Some(id) = &d.response_id {
-            upstream.push(KeyValue::new(attr::RESPONSE_ID, id.clone()));
-        }
-        if !d.finish_reasons.is_empty() {
-            upstream.push(super::otel::finish_reasons_attribute(&d.finish_reasons));
-        }
-        if let Some(u) = f.usage {
-            upstream.extend(super::otel::usage_attributes(
-                u.prompt_tokens,
-                u.completion_tokens,
-            ));
-        }
-        if let Some(t) = f.ttft {
-            upstream.push(KeyValue::new(
-                attr::TIME_TO_FIRST_TOKEN_MS,
-                t.as_secs_f64() * 1000.0,
-            ));
-        }
-        if let Some(c) = f
-            .cost
-            .and_then(|c| rust_decimal::prelude::ToPrimitive::to_f64(&c))
-        {
-            upstream.push(KeyValue::new(attr::COST_USD, c));
-        }
-        if obs.otel.capture_content {
-            let max = obs.otel.max_content_bytes;
-            if let Some(body) = &d.request_body {
-                upstream.push(KeyValue::new(
-                    attr::INPUT_MESSAGES,
-                    super::otel::capture(body, max),
-                ));
-            }
-            if let Some(body) = &d.response_body {
-                upstream.push(KeyValue::new(
-                    attr::OUTPUT_MESSAGES,
-                    super::otel::capture(body, max),
-                ));
-            }
-        }
-        let upstream_end = d
-            .upstream_done
-            .map(|t| self.received_at + (t - self.received));
-        spans.end(
-            call,
-            upstream,
-            d.error.as_ref().map(GatewayError::kind),
-            f.status >= 500,
-            upstream_end,
-        );
+    /// What ending the OTel spans needs, taken from the call (`None` without spans).
+    fn span_ending(
+        &self,
+        d: &mut CallData,
+        f: &Finished,
+        obs: &Observability,
+    ) -> Option<SpanEnding> {
+        let spans = d.spans.take()?;
+        let content = obs.otel.capture_content.then(|| {
+            (
+                d.request_body.clone(),
+                d.response_body.clone(),
+                obs.otel.max_content_bytes,
+            )
+        });
+        Some(SpanEnding {
+            spans,
+            status: f.status,
+            error: d.error.as_ref().map(GatewayError::kind),
+            response_model: d.response_model.take(),
+            response_id: d.response_id.take(),
+            finish_reasons: std::mem::take(&mut d.finish_reasons),
+            usage: f.usage,
+            ttft: f.ttft,
+            cost: f.cost,
+            content,
+            upstream_end: d
+                .upstream_done
+                .map(|t| self.received_at + (t - self.received)),
+        })
     }
 
-    /// The access record: a root event (no parent span) with the request's own id, route and method,
-    /// so the log formatter does not re-read the request span's fields and no span event is built.
-    fn log(&self, d: &CallData, f: &Finished, trace_id: Option<&str>) {
-        let model = d.requested_model.as_deref();
-        let provider = d.provider.as_ref().map(|l| &*l.0);
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let (input, output) = f.usage.map_or((None, None), |u| {
-            (Some(u.prompt_tokens), Some(u.completion_tokens))
-        });
-        let cost = f.cost.map(tracing::field::display);
-        let error_kind = d.error.as_ref().map(GatewayError::kind);
-        let error = d.error.as_ref().map(tracing::field::display);
-        macro_rules! access {
-            ($level:expr, $msg:literal) => {
-                tracing::event!(
-                    target: super::ACCESS_TARGET,
-                    parent: None,
-                    $level,
-                    request_id = self.request_id.as_str(),
-                    route = &*self.route.0,
-                    method = %self.method,
-                    trace_id,
-                    key_id = d.key_id.as_deref(),
-                    cache = d.cache,
-                    status = f.status,
-                    model,
-                    provider,
-                    stream = d.stream,
-                    latency_ms = ms(f.latency),
-                    ttft_ms = f.ttft.map(ms),
-                    upstream_ms = f.upstream.map(ms),
-                    overhead_ms = f.overhead.map(ms),
-                    input_tokens = input,
-                    output_tokens = output,
-                    usage_estimated = f.usage_estimated,
-                    cost_usd = cost,
-                    cut = f.cut,
-                    error.kind = error_kind,
-                    error.message = error,
-                    $msg
-                )
-            };
-        }
-        match &d.error {
-            Some(e) if e.status().is_server_error() => {
-                access!(tracing::Level::WARN, "request failed");
-            }
-            Some(_) => access!(tracing::Level::INFO, "request rejected"),
-            None => access!(tracing::Level::INFO, "request served"),
-        }
+    /// The access record, when the log filter lets it through: the access line's values.
+    fn access_record(
+        &self,
+        d: &CallData,
+        f: &Finished,
+        trace_id: Option<String>,
+    ) -> Option<AccessRecord> {
+        let (warn, message) = match &d.error {
+            Some(e) if e.status().is_server_error() => (true, "request failed"),
+            Some(_) => (false, "request rejected"),
+            None => (false, "request served"),
+        };
+        let enabled = if warn {
+            tracing::enabled!(target: super::ACCESS_TARGET, tracing::Level::WARN)
+        } else {
+            tracing::enabled!(target: super::ACCESS_TARGET, tracing::Level::INFO)
+        };
+        enabled.then(|| AccessRecord {
+            warn,
+            message,
+            request_id: self.request_id.clone(),
+            route: self.route.clone(),
+            method: self.method.clone(),
+            trace_id,
+            key_id: d.key_id.clone(),
+            cache: d.cache,
+            model: d.requested_model.clone(),
+            provider: d.provider.clone(),
+            stream: d.stream,
+            finished: f.clone(),
+            error: d.error.clone(),
+        })
     }
 
     /// Arrival time (unix ms) and route, for the request log.
@@ -754,6 +719,153 @@ impl Call {
             trace_id: None,
             request_body: None,
             response_body: None,
+        }
+    }
+}
+
+/// What ends a call's OTel spans, moved to the telemetry thread.
+struct SpanEnding {
+    spans: CallSpans,
+    status: u16,
+    error: Option<&'static str>,
+    response_model: Option<String>,
+    response_id: Option<String>,
+    finish_reasons: Vec<String>,
+    usage: Option<Usage>,
+    ttft: Option<Duration>,
+    cost: Option<Decimal>,
+    /// Request and response content with the capture limit, when `capture_content` is on.
+    content: Option<(Option<String>, Option<String>, usize)>,
+    upstream_end: Option<SystemTime>,
+}
+
+impl SpanEnding {
+    /// GenAI attributes go on the client span of the upstream call (where the convention puts them);
+    /// the server span gets the status and the error, which exist for every request.
+    fn end(self) {
+        let call = vec![KeyValue::new(
+            "http.response.status_code",
+            i64::from(self.status),
+        )];
+        let mut upstream = Vec::with_capacity(10);
+        if let Some(model) = self.response_model {
+            upstream.push(KeyValue::new(attr::RESPONSE_MODEL, model));
+        }
+        if let Some(id) = self.response_id {
+            upstream.push(KeyValue::new(attr::RESPONSE_ID, id));
+        }
+        if !self.finish_reasons.is_empty() {
+            upstream.push(super::otel::finish_reasons_attribute(&self.finish_reasons));
+        }
+        if let Some(u) = self.usage {
+            upstream.extend(super::otel::usage_attributes(
+                u.prompt_tokens,
+                u.completion_tokens,
+            ));
+        }
+        if let Some(t) = self.ttft {
+            upstream.push(KeyValue::new(
+                attr::TIME_TO_FIRST_TOKEN_MS,
+                t.as_secs_f64() * 1000.0,
+            ));
+        }
+        if let Some(c) = self
+            .cost
+            .and_then(|c| rust_decimal::prelude::ToPrimitive::to_f64(&c))
+        {
+            upstream.push(KeyValue::new(attr::COST_USD, c));
+        }
+        if let Some((request, response, max)) = self.content {
+            if let Some(body) = request {
+                upstream.push(KeyValue::new(
+                    attr::INPUT_MESSAGES,
+                    super::otel::capture(&body, max),
+                ));
+            }
+            if let Some(body) = response {
+                upstream.push(KeyValue::new(
+                    attr::OUTPUT_MESSAGES,
+                    super::otel::capture(&body, max),
+                ));
+            }
+        }
+        self.spans.end(
+            call,
+            upstream,
+            self.error,
+            self.status >= 500,
+            self.upstream_end,
+        );
+    }
+}
+
+/// One access-log record, emitted on the telemetry thread.
+struct AccessRecord {
+    /// A server error (logged at `warn`); `info` otherwise.
+    warn: bool,
+    message: &'static str,
+    request_id: String,
+    route: Label,
+    method: http::Method,
+    trace_id: Option<String>,
+    key_id: Option<Arc<str>>,
+    cache: Option<&'static str>,
+    /// The model as the client named it.
+    model: Option<String>,
+    provider: Option<Label>,
+    stream: bool,
+    finished: Finished,
+    error: Option<GatewayError>,
+}
+
+impl AccessRecord {
+    /// The access line: a root event (no parent span) with the request's own id, route and method,
+    /// so the log formatter does not read the request span's fields.
+    fn emit(self) {
+        let f = &self.finished;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (input, output) = f.usage.map_or((None, None), |u| {
+            (Some(u.prompt_tokens), Some(u.completion_tokens))
+        });
+        let cost = f.cost.map(tracing::field::display);
+        let error_kind = self.error.as_ref().map(GatewayError::kind);
+        let error = self.error.as_ref().map(tracing::field::display);
+        macro_rules! access {
+            ($level:expr) => {
+                tracing::event!(
+                    target: super::ACCESS_TARGET,
+                    parent: None,
+                    $level,
+                    request_id = self.request_id.as_str(),
+                    route = &*self.route.0,
+                    method = %self.method,
+                    trace_id = self.trace_id.as_deref(),
+                    key_id = self.key_id.as_deref(),
+                    cache = self.cache,
+                    status = f.status,
+                    model = self.model.as_deref(),
+                    provider = self.provider.as_ref().map(|l| &*l.0),
+                    stream = self.stream,
+                    latency_ms = ms(f.latency),
+                    ttft_ms = f.ttft.map(ms),
+                    upstream_ms = f.upstream.map(ms),
+                    overhead_ms = f.overhead.map(ms),
+                    input_tokens = input,
+                    output_tokens = output,
+                    usage_estimated = f.usage_estimated,
+                    cost_usd = cost,
+                    cut = f.cut,
+                    error.kind = error_kind,
+                    error.message = error,
+                    "{}",
+                    self.message
+                )
+            };
+        }
+        if self.warn {
+            access!(tracing::Level::WARN);
+        } else {
+            access!(tracing::Level::INFO);
         }
     }
 }

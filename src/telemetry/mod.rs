@@ -1,6 +1,7 @@
 //! Observability: logging set-up (tracing-subscriber, text or JSON), OpenTelemetry export, the request
 //! span, Prometheus metrics, the per-request [`call::Call`] record and the request log it feeds.
 
+pub mod background;
 pub mod call;
 pub mod metrics;
 pub mod otel;
@@ -58,7 +59,7 @@ pub struct Observability {
     /// Span content capture (`telemetry.otel.capture_content`), with its size cap.
     pub otel: otel::OtelConfig,
     /// Count of finished calls, for waiting on them (tests, admin tooling) without polling.
-    pub finished_calls: tokio::sync::watch::Sender<u64>,
+    pub finished_calls: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Observability {
@@ -73,7 +74,7 @@ impl Observability {
             request_log,
             capture_bodies,
             otel,
-            finished_calls: tokio::sync::watch::Sender::new(0),
+            finished_calls: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -226,8 +227,16 @@ impl TelemetryGuard {
         self.dropped_lines.dropped_lines()
     }
 
-    /// Flushes spans, then the log lines still queued.
+    /// Writes what the telemetry thread still holds, then flushes spans, then the log lines queued.
     pub async fn shutdown(self) {
+        let drained =
+            tokio::task::spawn_blocking(|| background::drain(std::time::Duration::from_secs(5)))
+                .await;
+        if !matches!(drained, Ok(true)) {
+            tracing::warn!(
+                "telemetry thread not drained at shutdown: some spans or access lines may be lost"
+            );
+        }
         if let Some(otel) = self.otel
             && let Err(e) = otel.shutdown().await
         {

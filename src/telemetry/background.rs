@@ -1,0 +1,121 @@
+//! The telemetry thread: writes what a finished call leaves for later (its access-log line, the end of
+//! its OTel spans), so the request's own thread only hands the data over.
+//!
+//! Why: at 2,000 requests/s on one core, formatting the access record through the log layer and
+//! building the spans' attributes were ~8 µs of the request thread's ~100 µs per request
+//! (`bench/observability.sh`, perf). Under an open-loop load a request's tail latency is the work of
+//! the requests queued ahead of it on that thread, so those microseconds showed up several times over
+//! at p99. Here they run on a thread of the lowest priority (`SCHED_IDLE` on Linux), in the time
+//! between requests.
+//!
+//! Bounds: the queue holds [`QUEUE_JOBS`] jobs; when it is full (the thread cannot keep up: the core
+//! is saturated) a job runs on the caller's thread instead, as it did before this thread existed, so
+//! nothing is lost and the queue cannot grow. A steady stream of jobs does not wake the thread once
+//! per job: after a job it takes what is queued and waits [`LINGER`] for more before blocking again.
+//!
+//! Not `tracing-appender` or a crate's thread pool: the jobs are closures over a call's data, and the
+//! run-inline-when-full rule and the linger are the point; std's bounded channel does the rest.
+
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::time::Duration;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Jobs queued before new ones run on the caller's thread (each a few hundred bytes).
+pub const QUEUE_JOBS: usize = 16 * 1024;
+
+/// How long the thread waits for more work after a job before it blocks (and needs waking).
+pub const LINGER: Duration = Duration::from_millis(1);
+
+/// The queue's sending side; `None` if the thread could not be started (jobs then run inline).
+static QUEUE: OnceLock<Option<SyncSender<Job>>> = OnceLock::new();
+
+fn queue() -> Option<&'static SyncSender<Job>> {
+    QUEUE
+        .get_or_init(|| {
+            let (tx, rx) = sync_channel::<Job>(QUEUE_JOBS);
+            std::thread::Builder::new()
+                .name("sluice-telemetry".to_owned())
+                .spawn(move || work(&rx))
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
+}
+
+/// Runs `job` on the telemetry thread, or right here when its queue is full.
+pub fn run(job: impl FnOnce() + Send + 'static) {
+    let job: Job = Box::new(job);
+    match queue() {
+        Some(tx) => match tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job(),
+        },
+        None => job(),
+    }
+}
+
+/// Waits (blocking, up to `timeout`) until every job queued before this call has run: at shutdown,
+/// before the spans are flushed and the log writer stops. False on timeout.
+pub fn drain(timeout: Duration) -> bool {
+    let (done_tx, done_rx) = sync_channel::<()>(1);
+    run(move || {
+        done_tx.send(()).ok();
+    });
+    done_rx.recv_timeout(timeout).is_ok()
+}
+
+fn work(rx: &Receiver<Job>) {
+    super::lower_current_thread_priority();
+    while let Ok(job) = rx.recv() {
+        job();
+        // Busy: run what is queued, then give the next jobs a moment to arrive, so that a steady
+        // stream is taken in batches instead of each `run` waking this thread.
+        loop {
+            loop {
+                match rx.try_recv() {
+                    Ok(job) => job(),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            std::thread::sleep(LINGER);
+            match rx.try_recv() {
+                Ok(job) => job(),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[test]
+    fn jobs_run_in_order_off_the_caller_and_drain_waits_for_them() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let caller = std::thread::current().id();
+        for i in 0..1000 {
+            let seen = Arc::clone(&seen);
+            run(move || {
+                seen.lock()
+                    .unwrap()
+                    .push((i, std::thread::current().id() != caller));
+            });
+        }
+        assert!(drain(Duration::from_secs(10)));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1000);
+        assert!(
+            seen.iter().enumerate().all(|(i, (j, _))| i == *j),
+            "in order"
+        );
+        // The queue holds far more than 1000 jobs: none ran on the caller's thread.
+        assert!(seen.iter().all(|(_, elsewhere)| *elsewhere));
+    }
+}
