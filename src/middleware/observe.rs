@@ -90,7 +90,7 @@ where
             .unwrap_or_default()
             .to_owned();
         let method = request.method().clone();
-        let span = crate::telemetry::request_span(&method, &route.0, &request_id);
+        let span = crate::telemetry::request_span(&request_id);
         let spans =
             crate::telemetry::request_spans(&method, &route.0, &request_id, request.headers());
         // Attached while the request's work runs: internal calls made for it become its children.

@@ -181,21 +181,19 @@ pub const REQUEST_SPAN: &str = "request";
 /// request id, route and method, so formatting it needs no span lookup, and kept out of traces.
 pub const ACCESS_TARGET: &str = "sluice::access";
 
-/// The `tracing` span of one request: the context of its log lines (request id, route, method).
-pub fn request_span(method: &http::Method, route: &str, request_id: &str) -> tracing::Span {
-    tracing::info_span!(
-        REQUEST_SPAN,
-        http.request.method = %method,
-        http.route = route,
-        request_id,
-    )
+/// The `tracing` span of one request: the context of the log lines written while it is served. It
+/// carries only the request id, which joins such a line to the request's access record (which has the
+/// route, method, model and the rest): the log layer formats a span's fields when the span is created,
+/// for every request, whether or not a line is ever written inside it.
+pub fn request_span(request_id: &str) -> tracing::Span {
+    tracing::info_span!(REQUEST_SPAN, request_id)
 }
 
 /// The OTel server span of one request, child of the client's W3C trace context when it sent one;
 /// `None` when trace export is off.
 pub fn request_spans(
     method: &http::Method,
-    route: &str,
+    route: &std::sync::Arc<str>,
     request_id: &str,
     headers: &http::HeaderMap,
 ) -> Option<otel::CallSpans> {
@@ -206,7 +204,10 @@ pub fn request_spans(
         headers,
         vec![
             opentelemetry::KeyValue::new("http.request.method", method.to_string()),
-            opentelemetry::KeyValue::new("http.route", route.to_owned()),
+            opentelemetry::KeyValue::new(
+                "http.route",
+                opentelemetry::StringValue::from(std::sync::Arc::clone(route)),
+            ),
             opentelemetry::KeyValue::new("sluice.request_id", request_id.to_owned()),
         ],
     ))
