@@ -178,7 +178,11 @@ fn run(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<(), InitError>
             on_signal.trigger();
         });
         app::serve(listener, metrics_listener, state).await?;
-        // Shutdown phases after the server stopped: flush the request log, then the spans.
+        // Shutdown phases after the server stopped: what the telemetry thread holds (request-log records,
+        // access lines, span ends), then the request log, then the spans.
+        if !telemetry::drain_background(REQUEST_LOG_FLUSH_TIMEOUT).await {
+            tracing::warn!("telemetry thread not drained at shutdown");
+        }
         if let Some(writer) = writer {
             let flushed = writer.shutdown(REQUEST_LOG_FLUSH_TIMEOUT).await;
             tracing::info!(flushed, "request log flushed");

@@ -494,30 +494,37 @@ impl Call {
         }
         self.record_metrics(&d, &finished, obs);
         let trace_id = d.spans.as_ref().and_then(CallSpans::trace_id);
-        // The access line and the spans' end are written by the telemetry thread.
+        // The access line, the spans' end and the request-log record are written by the telemetry
+        // thread.
         let spans = self.span_ending(&mut d, &finished, obs);
         let access = self.access_record(&d, &finished, trace_id.clone());
-        if obs.request_log.is_some() {
+        let entry = if obs.request_log.is_some() {
             let mut summary = self.summary(&d);
             summary.trace_id = trace_id;
             if obs.capture_bodies {
                 summary.request_body = d.request_body.take();
                 summary.response_body = d.response_body.take();
             }
-            obs.record_request(self, summary, &finished);
-        }
+            obs.request_log_entry(self, summary, &finished)
+        } else {
+            None
+        };
         drop(d);
         let finished_calls = Arc::clone(&obs.finished_calls);
-        if spans.is_none() && access.is_none() {
+        if spans.is_none() && access.is_none() && entry.is_none() {
             finished_calls.send_modify(|n| *n += 1);
         } else {
-            // Counted once written, so that waiting for finished calls includes their logs and spans.
+            // Counted once written, so that waiting for finished calls includes their logs, spans and
+            // request-log records.
             super::background::run(move || {
                 if let Some(spans) = spans {
                     spans.end();
                 }
                 if let Some(access) = access {
                     access.emit();
+                }
+                if let Some(entry) = entry {
+                    entry.write();
                 }
                 finished_calls.send_modify(|n| *n += 1);
             });
@@ -682,6 +689,11 @@ impl Call {
     /// The matched route.
     pub fn route(&self) -> &str {
         &self.route.0
+    }
+
+    /// The matched route as its metric label (a shared string).
+    pub fn route_label(&self) -> Label {
+        self.route.clone()
     }
 
     /// The HTTP method.

@@ -92,9 +92,50 @@ impl Observability {
         )
     }
 
-    /// Queues the request-log record of a finished call; never blocks (sheds when the writer is behind).
-    pub fn record_request(&self, call: &Call, summary: CallSummary, finished: &Finished) {
-        let Some(log) = &self.request_log else { return };
+    /// What the request log needs of a finished call, to write on the telemetry thread
+    /// ([`RequestLogEntry::write`]); `None` when the request log is off.
+    pub fn request_log_entry(
+        &self,
+        call: &Call,
+        summary: CallSummary,
+        finished: &Finished,
+    ) -> Option<RequestLogEntry> {
+        Some(RequestLogEntry {
+            log: self.request_log.clone()?,
+            shed: self.metrics.request_log_shed.clone(),
+            received_at: call.received_unix_ms(),
+            route: call.route_label(),
+            method: call.method().clone(),
+            summary,
+            finished: finished.clone(),
+        })
+    }
+}
+
+/// A finished call's request-log entry on its way to the request log.
+pub struct RequestLogEntry {
+    log: RequestLog,
+    shed: prometheus_client::metrics::counter::Counter,
+    received_at: i64,
+    route: metrics::Label,
+    method: http::Method,
+    summary: CallSummary,
+    finished: Finished,
+}
+
+impl RequestLogEntry {
+    /// Builds the record and queues it for the request log's writer; never blocks (sheds, and counts,
+    /// when the writer is behind).
+    pub fn write(self) {
+        let Self {
+            log,
+            shed,
+            received_at,
+            route,
+            method,
+            summary,
+            finished,
+        } = self;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         let mut timeline: Vec<TimelineEvent> = summary
             .timeline
@@ -111,12 +152,12 @@ impl Observability {
             detail: summary.error.as_ref().map(|(kind, _)| (*kind).to_owned()),
         });
         let record = RequestRecord {
-            id: finished.request_id.clone(),
-            received_at: call.received_unix_ms(),
+            id: finished.request_id,
+            received_at,
             trace_id: summary.trace_id,
             key_id: summary.key_id,
-            route: call.route().to_owned(),
-            method: call.method().to_string(),
+            route: route.0.to_string(),
+            method: method.to_string(),
             model: summary.model,
             provider: summary.provider,
             status: finished.status,
@@ -136,11 +177,19 @@ impl Observability {
         };
         let shed_before = log.shed_count();
         log.record(record);
-        let shed = log.shed_count().saturating_sub(shed_before);
-        if shed > 0 {
-            self.metrics.request_log_shed.inc_by(shed);
+        let lost = log.shed_count().saturating_sub(shed_before);
+        if lost > 0 {
+            shed.inc_by(lost);
         }
     }
+}
+
+/// Waits until the telemetry thread ([`background`]) has written what it holds: at shutdown, before
+/// the request log is flushed and the spans are exported. False on timeout.
+pub async fn drain_background(timeout: std::time::Duration) -> bool {
+    tokio::task::spawn_blocking(move || background::drain(timeout))
+        .await
+        .unwrap_or(false)
 }
 
 /// Lowers the calling thread to the lowest scheduling class, for background threads whose work comes
@@ -230,10 +279,7 @@ impl TelemetryGuard {
 
     /// Writes what the telemetry thread still holds, then flushes spans, then the log lines queued.
     pub async fn shutdown(self) {
-        let drained =
-            tokio::task::spawn_blocking(|| background::drain(std::time::Duration::from_secs(5)))
-                .await;
-        if !matches!(drained, Ok(true)) {
+        if !drain_background(std::time::Duration::from_secs(5)).await {
             tracing::warn!(
                 "telemetry thread not drained at shutdown: some spans or access lines may be lost"
             );

@@ -90,6 +90,8 @@ impl TestApp {
             .unwrap()
             .unwrap()
             .unwrap();
+        // As the binary does: what the telemetry thread holds reaches the request log first.
+        assert!(sluice::telemetry::drain_background(Duration::from_secs(10)).await);
         if let Some(writer) = self.writer.take() {
             writer.shutdown(Duration::from_secs(10)).await;
         }
