@@ -505,7 +505,16 @@ impl Call {
                 summary.request_body = d.request_body.take();
                 summary.response_body = d.response_body.take();
             }
-            obs.request_log_entry(self, summary, &finished)
+            let entry = obs.request_log_entry(self, summary, &finished);
+            match entry {
+                // Bodies are cut to the request log's limit when queued: done here, so that whole
+                // bodies never wait in the telemetry thread's queue.
+                Some(entry) if obs.capture_bodies => {
+                    entry.write();
+                    None
+                }
+                entry => entry,
+            }
         } else {
             None
         };
@@ -621,11 +630,16 @@ impl Call {
         obs: &Observability,
     ) -> Option<SpanEnding> {
         let spans = d.spans.take()?;
+        // Redacted and capped here, so that what waits in the telemetry thread's queue is bounded.
+        let max = obs.otel.max_content_bytes;
         let content = obs.otel.capture_content.then(|| {
             (
-                d.request_body.clone(),
-                d.response_body.clone(),
-                obs.otel.max_content_bytes,
+                d.request_body
+                    .as_deref()
+                    .map(|b| super::otel::capture(b, max)),
+                d.response_body
+                    .as_deref()
+                    .map(|b| super::otel::capture(b, max)),
             )
         });
         Some(SpanEnding {
@@ -746,8 +760,8 @@ struct SpanEnding {
     usage: Option<Usage>,
     ttft: Option<Duration>,
     cost: Option<Decimal>,
-    /// Request and response content with the capture limit, when `capture_content` is on.
-    content: Option<(Option<String>, Option<String>, usize)>,
+    /// Captured (redacted, capped) request and response content, when `capture_content` is on.
+    content: Option<(Option<String>, Option<String>)>,
     upstream_end: Option<SystemTime>,
 }
 
@@ -787,18 +801,12 @@ impl SpanEnding {
         {
             upstream.push(KeyValue::new(attr::COST_USD, c));
         }
-        if let Some((request, response, max)) = self.content {
-            if let Some(body) = request {
-                upstream.push(KeyValue::new(
-                    attr::INPUT_MESSAGES,
-                    super::otel::capture(&body, max),
-                ));
+        if let Some((request, response)) = self.content {
+            if let Some(captured) = request {
+                upstream.push(KeyValue::new(attr::INPUT_MESSAGES, captured));
             }
-            if let Some(body) = response {
-                upstream.push(KeyValue::new(
-                    attr::OUTPUT_MESSAGES,
-                    super::otel::capture(&body, max),
-                ));
+            if let Some(captured) = response {
+                upstream.push(KeyValue::new(attr::OUTPUT_MESSAGES, captured));
             }
         }
         self.spans.end(
