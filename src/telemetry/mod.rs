@@ -1,5 +1,6 @@
-//! Observability: logging set-up (tracing-subscriber, text or JSON), OpenTelemetry export, the request
-//! span, Prometheus metrics, the per-request [`call::Call`] record and the request log it feeds.
+//! Observability: logging set-up (tracing-subscriber, text or JSON), OpenTelemetry export and spans,
+//! Prometheus metrics, the per-request [`call::Call`] record, the request log it feeds, and the
+//! telemetry thread ([`background`]) that writes a finished call's log line, spans and record.
 
 pub mod background;
 pub mod call;
@@ -227,7 +228,8 @@ pub fn lower_current_thread_priority() {
 pub const REQUEST_SPAN: &str = "request";
 
 /// Target of the access record, one per request (`telemetry::call`): a root event carrying its own
-/// request id, route and method, so formatting it needs no span lookup, and kept out of traces.
+/// request id, route and method, so formatting it needs no span lookup (`RUST_LOG=sluice::access=off`
+/// turns it off).
 pub const ACCESS_TARGET: &str = "sluice::access";
 
 /// The `tracing` span of one request: the context of the log lines written while it is served. It
