@@ -183,12 +183,7 @@ async fn write_cross_pairs(
     embedder: &dyn Embedder,
     pairs: &[eval::Pair],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut texts: Vec<String> = pairs
-        .iter()
-        .flat_map(|p| [p.a.clone(), p.b.clone()])
-        .collect();
-    texts.sort_unstable();
-    texts.dedup();
+    let texts = eval::distinct_prompts(pairs);
     let index = |t: &str| texts.binary_search_by(|x| x.as_str().cmp(t)).unwrap_or(0);
     // Union-find over `same` pairs: prompts of one cluster mean the same thing.
     let mut parent: Vec<usize> = (0..texts.len()).collect();

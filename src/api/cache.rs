@@ -475,7 +475,11 @@ pub fn render_chat(state: &AppState, hit: &Hit, req: &ChatRequest) -> Response {
             .map(Ok::<_, GatewayError>);
         super::sse::openai(state, futures_util::stream::iter(chunks))
     } else {
-        Json(hit.reply.chat_completion().cloned().unwrap_or_default()).into_response()
+        // Serialized from the cached entry itself: no copy of the reply per hit.
+        match hit.reply.chat_completion() {
+            Some(completion) => Json(completion).into_response(),
+            None => Json(ChatCompletion::default()).into_response(),
+        }
     };
     hit_headers(hit, response)
 }

@@ -519,10 +519,10 @@ impl Call {
             None
         };
         drop(d);
-        let finished_calls = Arc::clone(&obs.finished_calls);
         if spans.is_none() && access.is_none() && entry.is_none() {
-            finished_calls.send_modify(|n| *n += 1);
+            obs.finished_calls.send_modify(|n| *n += 1);
         } else {
+            let finished_calls = Arc::clone(&obs.finished_calls);
             // Counted once written, so that waiting for finished calls includes their logs, spans and
             // request-log records.
             super::background::run(move || {
@@ -679,7 +679,6 @@ impl Call {
         enabled.then(|| AccessRecord {
             warn,
             message,
-            request_id: self.request_id.clone(),
             route: self.route.clone(),
             method: self.method.clone(),
             trace_id,
@@ -824,7 +823,6 @@ struct AccessRecord {
     /// A server error (logged at `warn`); `info` otherwise.
     warn: bool,
     message: &'static str,
-    request_id: String,
     route: Label,
     method: http::Method,
     trace_id: Option<String>,
@@ -856,7 +854,7 @@ impl AccessRecord {
                     target: super::ACCESS_TARGET,
                     parent: None,
                     $level,
-                    request_id = self.request_id.as_str(),
+                    request_id = f.request_id.as_str(),
                     route = &*self.route.0,
                     method = %self.method,
                     trace_id = self.trace_id.as_deref(),

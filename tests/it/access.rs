@@ -54,24 +54,7 @@ async fn start(extra_auth: &str, extra: &str) -> TestApp {
 
 /// Creates a key through the admin API; returns (id, secret).
 async fn create_key(app: &TestApp, body: Value) -> (String, String) {
-    let resp = app
-        .client
-        .post(app.url("/admin/keys"))
-        .bearer_auth(ADMIN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let created: Value = resp.json().await.unwrap();
-    let secret = created["secret"].as_str().unwrap().to_owned();
-    assert!(secret.starts_with("sk-sluice-"), "{secret}");
-    assert_eq!(
-        created["key"]["hash"],
-        Value::Null,
-        "the hash is never returned"
-    );
-    (created["key"]["id"].as_str().unwrap().to_owned(), secret)
+    app.create_key(ADMIN, body).await
 }
 
 async fn chat(app: &TestApp, secret: &str, body: &Value) -> reqwest::Response {

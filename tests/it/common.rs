@@ -140,6 +140,29 @@ impl TestApp {
         (status, resp.json().await.unwrap())
     }
 
+    /// Creates a virtual key through the admin API (authenticated with `admin_key`); returns
+    /// (id, secret), after checking the secret's shape and that the stored hash is never returned.
+    pub async fn create_key(&self, admin_key: &str, body: serde_json::Value) -> (String, String) {
+        let resp = self
+            .client
+            .post(self.url("/admin/keys"))
+            .bearer_auth(admin_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let created: serde_json::Value = resp.json().await.unwrap();
+        let secret = created["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("sk-sluice-"), "{secret}");
+        assert_eq!(
+            created["key"]["hash"],
+            serde_json::Value::Null,
+            "the hash is never returned"
+        );
+        (created["key"]["id"].as_str().unwrap().to_owned(), secret)
+    }
+
     /// Asserts the gateway still answers.
     pub async fn assert_healthy(&self) {
         let resp = self.client.get(self.url("/healthz")).send().await.unwrap();

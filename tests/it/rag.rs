@@ -537,20 +537,7 @@ async fn a_malformed_extension_is_a_400_and_a_full_queue_sheds() {
 }
 
 async fn create_key(app: &TestApp, body: Value) -> (String, String) {
-    let resp = app
-        .client
-        .post(app.url("/admin/keys"))
-        .bearer_auth(UPSTREAM_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let created: Value = resp.json().await.unwrap();
-    (
-        created["key"]["id"].as_str().unwrap().to_owned(),
-        created["secret"].as_str().unwrap().to_owned(),
-    )
+    app.create_key(UPSTREAM_KEY, body).await
 }
 
 async fn evaluate_as(app: &TestApp, secret: &str, body: &Value) -> (u16, Value) {
