@@ -17,7 +17,7 @@ use crate::telemetry::call::count_prompt;
 use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates a text completion.
-#[tracing::instrument(skip_all, fields(model = %req.model, stream = req.is_stream()))]
+#[tracing::instrument(level = "debug", skip_all, fields(model = %req.model, stream = req.is_stream()))]
 pub async fn create_completion(
     State(state): State<AppState>,
     ctx: CallContext,

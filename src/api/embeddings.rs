@@ -15,7 +15,7 @@ use crate::telemetry::call::count_prompt;
 use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates embeddings.
-#[tracing::instrument(skip_all, fields(model = %req.model))]
+#[tracing::instrument(level = "debug", skip_all, fields(model = %req.model))]
 pub async fn create_embeddings(
     State(state): State<AppState>,
     ctx: CallContext,

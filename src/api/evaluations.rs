@@ -28,7 +28,7 @@ const SAMPLE_FIELDS: [&str; 4] = ["question", "contexts", "answer", "reference"]
 const REQUEST_FIELDS: [&str; 3] = ["metrics", "judge_model", "items"];
 
 /// Evaluates one sample or a batch.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create_rag_evaluation(
     State(state): State<AppState>,
     ctx: CallContext,

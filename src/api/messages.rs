@@ -22,7 +22,7 @@ use crate::telemetry::call::count_prompt;
 use crate::telemetry::call::{Operation, RequestParams};
 
 /// Creates a message.
-#[tracing::instrument(skip_all, fields(model = %req.model, stream = req.stream.unwrap_or(false)))]
+#[tracing::instrument(level = "debug", skip_all, fields(model = %req.model, stream = req.stream.unwrap_or(false)))]
 pub async fn create_message(
     State(state): State<AppState>,
     ctx: CallContext,

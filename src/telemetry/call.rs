@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceId;
 use rust_decimal::Decimal;
 
 use super::Observability;
@@ -60,7 +61,7 @@ pub struct RequestParams {
 
 /// One request, from arrival to its last byte.
 pub struct Call {
-    request_id: String,
+    request_id: Arc<str>,
     route: Label,
     method: http::Method,
     received: Instant,
@@ -89,7 +90,7 @@ struct CallData {
     /// What the response cache did (`hit`, `miss`, `bypass`), when it was consulted.
     cache: Option<&'static str>,
     /// The model as the client named it (logs only).
-    requested_model: Option<String>,
+    requested_model: Option<Arc<str>>,
     /// The configured public model (a metric label).
     model: Option<Label>,
     provider: Option<Label>,
@@ -125,7 +126,7 @@ struct CallData {
 #[derive(Debug, Clone)]
 pub struct Finished {
     /// Request id.
-    pub request_id: String,
+    pub request_id: Arc<str>,
     /// HTTP status.
     pub status: u16,
     /// Arrival to last byte.
@@ -157,7 +158,7 @@ impl Call {
         spans: Option<CallSpans>,
     ) -> Self {
         Self {
-            request_id,
+            request_id: Arc::from(request_id),
             route,
             method,
             received: Instant::now(),
@@ -279,7 +280,7 @@ impl Call {
         d.params = params;
         // Not a metric label yet: only a configured model becomes one (in `upstream_attempt`), so a
         // client sending random model names cannot grow the series.
-        d.requested_model = Some(model.to_owned());
+        d.requested_model = Some(Arc::from(model));
     }
 
     /// Keeps the prompt of a stream, to count its tokens if the upstream never reports usage.
@@ -469,7 +470,7 @@ impl Call {
             d.cost = price_of(&d);
         }
         let finished = Finished {
-            request_id: self.request_id.clone(),
+            request_id: Arc::clone(&self.request_id),
             status,
             latency: now - self.received,
             ttft: d.first_token.map(|t| t - self.received),
@@ -495,9 +496,10 @@ impl Call {
         self.record_metrics(&d, &finished, obs);
         let trace_id = d.spans.as_ref().and_then(CallSpans::trace_id);
         // The access line, the spans' end and the request-log record are written by the telemetry
-        // thread.
+        // thread; what they need is handed over as is (shared strings, ids and instants), and
+        // formatted there.
         let spans = self.span_ending(&mut d, &finished, obs);
-        let access = self.access_record(&d, &finished, trace_id.clone());
+        let access = self.access_record(&d, &finished, trace_id);
         let entry = if obs.request_log.is_some() {
             let mut summary = self.summary(&d);
             summary.trace_id = trace_id;
@@ -664,7 +666,7 @@ impl Call {
         &self,
         d: &CallData,
         f: &Finished,
-        trace_id: Option<String>,
+        trace_id: Option<TraceId>,
     ) -> Option<AccessRecord> {
         let (warn, message) = match &d.error {
             Some(e) if e.status().is_server_error() => (true, "request failed"),
@@ -714,33 +716,22 @@ impl Call {
         &self.method
     }
 
-    /// Milliseconds since arrival of an instant, for timelines.
-    fn offset_ms(&self, t: Instant) -> f64 {
-        (t - self.received).as_secs_f64() * 1000.0
-    }
-
     fn summary(&self, d: &CallData) -> CallSummary {
-        let mut timeline = vec![(0.0, "received")];
-        for (t, name) in [
-            (d.upstream_started, "upstream_attempt"),
-            (d.upstream_first_byte, "upstream_first_byte"),
-            (d.headers_sent, "headers_sent"),
-            (d.first_token, "first_token"),
-            (d.upstream_done, "upstream_done"),
-        ] {
-            if let Some(t) = t {
-                timeline.push((self.offset_ms(t), name));
-            }
-        }
-        timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(self.received));
         CallSummary {
             cache: d.cache,
-            key_id: d.key_id.as_deref().map(str::to_owned),
+            key_id: d.key_id.clone(),
             model: d.requested_model.clone(),
-            provider: d.provider.as_ref().map(|l| l.0.to_string()),
+            provider: d.provider.clone(),
             stream: d.stream,
-            error: d.error.as_ref().map(|e| (e.kind(), e.to_string())),
-            timeline,
+            error: d.error.clone(),
+            marks: [
+                (since(d.upstream_started), "upstream_attempt"),
+                (since(d.upstream_first_byte), "upstream_first_byte"),
+                (since(d.headers_sent), "headers_sent"),
+                (since(d.first_token), "first_token"),
+                (since(d.upstream_done), "upstream_done"),
+            ],
             trace_id: None,
             request_body: None,
             response_body: None,
@@ -825,11 +816,11 @@ struct AccessRecord {
     message: &'static str,
     route: Label,
     method: http::Method,
-    trace_id: Option<String>,
+    trace_id: Option<TraceId>,
     key_id: Option<Arc<str>>,
     cache: Option<&'static str>,
     /// The model as the client named it.
-    model: Option<String>,
+    model: Option<Arc<str>>,
     provider: Option<Label>,
     stream: bool,
     finished: Finished,
@@ -854,10 +845,10 @@ impl AccessRecord {
                     target: super::ACCESS_TARGET,
                     parent: None,
                     $level,
-                    request_id = f.request_id.as_str(),
+                    request_id = &*f.request_id,
                     route = &*self.route.0,
                     method = %self.method,
-                    trace_id = self.trace_id.as_deref(),
+                    trace_id = self.trace_id.map(tracing::field::display),
                     key_id = self.key_id.as_deref(),
                     cache = self.cache,
                     status = f.status,
@@ -888,24 +879,25 @@ impl AccessRecord {
     }
 }
 
-/// What the request log needs from the call data, copied out under the lock.
+/// What the request log needs from the call data, taken under the lock without formatting anything
+/// (shared strings, ids, durations): the record is built from it on the telemetry thread.
 pub struct CallSummary {
     /// What the response cache did.
     pub cache: Option<&'static str>,
     /// The caller's key id.
-    pub key_id: Option<String>,
-    /// Public model.
-    pub model: Option<String>,
+    pub key_id: Option<Arc<str>>,
+    /// The model as the client named it.
+    pub model: Option<Arc<str>>,
     /// Provider name.
-    pub provider: Option<String>,
+    pub provider: Option<Label>,
     /// Streaming request.
     pub stream: bool,
-    /// Error kind and message.
-    pub error: Option<(&'static str, String)>,
-    /// (offset ms, event) pairs.
-    pub timeline: Vec<(f64, &'static str)>,
+    /// The error that ended the request.
+    pub error: Option<GatewayError>,
+    /// The timeline's steps after `received`: time since arrival, when the step happened.
+    pub marks: [(Option<Duration>, &'static str); 5],
     /// The trace id, when the call was sampled.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<TraceId>,
     /// Captured request body (only when body capture is on).
     pub request_body: Option<String>,
     /// Captured response body or streamed text (only when body capture is on).

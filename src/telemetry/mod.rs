@@ -16,6 +16,7 @@ use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::error::GatewayError;
 use crate::request_log::{RequestLog, RequestRecord, TimelineEvent};
 use call::{Call, CallSummary, Finished};
 use metrics::Metrics;
@@ -138,29 +139,35 @@ impl RequestLogEntry {
             finished,
         } = self;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        let mut timeline: Vec<TimelineEvent> = summary
-            .timeline
+        let error_kind = summary.error.as_ref().map(GatewayError::kind);
+        let mut steps: Vec<(f64, &str)> = summary
+            .marks
             .into_iter()
+            .filter_map(|(at, name)| Some((ms(at?), name)))
+            .collect();
+        steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let timeline: Vec<TimelineEvent> = std::iter::once((0.0, "received"))
+            .chain(steps)
             .map(|(at_ms, name)| TimelineEvent {
                 at_ms,
                 name: name.to_owned(),
                 detail: None,
             })
+            .chain(std::iter::once(TimelineEvent {
+                at_ms: ms(finished.latency),
+                name: if finished.cut { "cut" } else { "done" }.to_owned(),
+                detail: error_kind.map(str::to_owned),
+            }))
             .collect();
-        timeline.push(TimelineEvent {
-            at_ms: ms(finished.latency),
-            name: if finished.cut { "cut" } else { "done" }.to_owned(),
-            detail: summary.error.as_ref().map(|(kind, _)| (*kind).to_owned()),
-        });
         let record = RequestRecord {
-            id: finished.request_id,
+            id: finished.request_id.to_string(),
             received_at,
-            trace_id: summary.trace_id,
-            key_id: summary.key_id,
+            trace_id: summary.trace_id.map(|t| t.to_string()),
+            key_id: summary.key_id.as_deref().map(str::to_owned),
             route: route.0.to_string(),
             method: method.to_string(),
-            model: summary.model,
-            provider: summary.provider,
+            model: summary.model.as_deref().map(str::to_owned),
+            provider: summary.provider.map(|p| p.0.to_string()),
             status: finished.status,
             stream: summary.stream,
             latency_ms: ms(finished.latency),
@@ -169,8 +176,8 @@ impl RequestLogEntry {
             input_tokens: finished.usage.map(|u| u.prompt_tokens),
             output_tokens: finished.usage.map(|u| u.completion_tokens),
             cost_usd: finished.cost.map(|c| c.normalize().to_string()),
-            error_kind: summary.error.as_ref().map(|(kind, _)| (*kind).to_owned()),
-            error_message: summary.error.map(|(_, message)| message),
+            error_kind: error_kind.map(str::to_owned),
+            error_message: summary.error.map(|e| e.to_string()),
             cache: summary.cache.map(str::to_owned),
             request_body: summary.request_body,
             response_body: summary.response_body,

@@ -583,11 +583,12 @@ impl CallSpans {
         TraceContextPropagator::new().inject_context(context, &mut HeaderInjector(headers));
     }
 
-    /// The trace id as 32 lowercase hex digits, for logs; `None` when the call is not sampled.
-    pub fn trace_id(&self) -> Option<String> {
+    /// The trace id, for logs (it displays as 32 lowercase hex digits); `None` when the call is not
+    /// sampled.
+    pub fn trace_id(&self) -> Option<opentelemetry::trace::TraceId> {
         let span = self.call.span();
         let context = span.span_context();
-        (context.is_valid() && context.is_sampled()).then(|| context.trace_id().to_string())
+        (context.is_valid() && context.is_sampled()).then(|| context.trace_id())
     }
 
     /// Ends both spans: the upstream span at `upstream_end` (or now) with `upstream` attributes, the
@@ -988,7 +989,7 @@ mod tests {
             false,
             None,
         );
-        trace
+        trace.map(|t| t.to_string())
     }
 
     #[tokio::test]
@@ -1100,7 +1101,7 @@ mod tests {
         spans.end(vec![], vec![], Some("upstream_failed"), true, None);
         guard.shutdown().await.unwrap();
 
-        assert_eq!(logged.as_deref(), Some(caller_trace));
+        assert_eq!(logged.map(|t| t.to_string()).as_deref(), Some(caller_trace));
         let traceparent = outgoing["traceparent"].to_str().unwrap();
         let parts: Vec<&str> = traceparent.split('-').collect();
         assert_eq!(parts.len(), 4, "{traceparent}");
