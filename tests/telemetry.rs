@@ -177,6 +177,23 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
             .and_then(AttrValue::as_i64),
         Some(200)
     );
+    assert_eq!(
+        server.attr("http.route").and_then(AttrValue::as_str),
+        Some("/v1/chat/completions")
+    );
+    assert_eq!(
+        server
+            .attr("http.request.method")
+            .and_then(AttrValue::as_str),
+        Some("POST")
+    );
+    assert!(
+        server
+            .attr("sluice.request_id")
+            .and_then(AttrValue::as_str)
+            .is_some_and(|id| !id.is_empty()),
+        "{server:?}"
+    );
     assert!(
         server.attr("gen_ai.usage.input_tokens").is_none(),
         "GenAI attributes belong to the client span"

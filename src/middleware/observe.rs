@@ -91,8 +91,7 @@ where
             .to_owned();
         let method = request.method().clone();
         let span = crate::telemetry::request_span(&request_id);
-        let spans =
-            crate::telemetry::request_spans(&method, &route.0, &request_id, request.headers());
+        let spans = crate::telemetry::request_spans(&method, &route.0, request.headers());
         // Attached while the request's work runs: internal calls made for it become its children.
         let otel_context = spans.as_ref().map(|s| s.context().clone());
         let call = Arc::new(Call::new(request_id, route, method, span.clone(), spans));

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceId;
+use opentelemetry::{KeyValue, StringValue};
 use rust_decimal::Decimal;
 
 use super::Observability;
@@ -298,27 +298,11 @@ impl Call {
     ) {
         let mut d = self.data();
         let operation = d.operation.unwrap_or(Operation::Chat).as_str();
-        let params = d.params;
+        // The request attributes are set when the span ends (on the telemetry thread for the last
+        // attempt); an earlier attempt's span ends here, with its own.
+        let earlier = upstream_request_attributes(&d);
         if let Some(spans) = &mut d.spans {
-            let mut attributes = vec![
-                KeyValue::new(attr::OPERATION_NAME, operation),
-                KeyValue::new(attr::PROVIDER_NAME, provider.to_owned()),
-                KeyValue::new(attr::REQUEST_MODEL, upstream_model.to_string()),
-            ];
-            let optional = [
-                params
-                    .temperature
-                    .map(|t| KeyValue::new(attr::REQUEST_TEMPERATURE, t)),
-                params.top_p.map(|p| KeyValue::new(attr::REQUEST_TOP_P, p)),
-                params
-                    .max_tokens
-                    .map(|m| KeyValue::new(attr::REQUEST_MAX_TOKENS, i64::from(m))),
-            ];
-            attributes.extend(optional.into_iter().flatten());
-            spans.start_upstream(
-                super::otel::span_name(operation, upstream_model),
-                attributes,
-            );
+            spans.start_upstream(super::otel::span_name(operation, upstream_model), earlier);
         }
         d.model = Some(Label(Arc::clone(model)));
         d.provider = Some(Label(Arc::from(provider)));
@@ -646,6 +630,10 @@ impl Call {
         });
         Some(SpanEnding {
             spans,
+            method: self.method.clone(),
+            route: self.route.clone(),
+            request_id: Arc::clone(&self.request_id),
+            upstream_request: upstream_request_attributes(d),
             status: f.status,
             error: d.error.as_ref().map(GatewayError::kind),
             response_model: d.response_model.take(),
@@ -742,6 +730,11 @@ impl Call {
 /// What ends a call's OTel spans, moved to the telemetry thread.
 struct SpanEnding {
     spans: CallSpans,
+    method: http::Method,
+    route: Label,
+    request_id: Arc<str>,
+    /// The upstream attempt's request attributes (empty without an attempt).
+    upstream_request: Vec<KeyValue>,
     status: u16,
     error: Option<&'static str>,
     response_model: Option<String>,
@@ -759,11 +752,14 @@ impl SpanEnding {
     /// GenAI attributes go on the client span of the upstream call (where the convention puts them);
     /// the server span gets the status and the error, which exist for every request.
     fn end(self) {
-        let call = vec![KeyValue::new(
-            "http.response.status_code",
-            i64::from(self.status),
-        )];
-        let mut upstream = Vec::with_capacity(10);
+        let call = vec![
+            KeyValue::new("http.request.method", self.method.to_string()),
+            KeyValue::new("http.route", StringValue::from(self.route.0)),
+            KeyValue::new("sluice.request_id", StringValue::from(self.request_id)),
+            KeyValue::new("http.response.status_code", i64::from(self.status)),
+        ];
+        let mut upstream = self.upstream_request;
+        upstream.reserve(10);
         if let Some(model) = self.response_model {
             upstream.push(KeyValue::new(attr::RESPONSE_MODEL, model));
         }
@@ -928,6 +924,37 @@ pub fn count_prompt(model: &str, messages: &[ChatMessage]) -> u64 {
     } else {
         tokens::count_messages(model, messages)
     }
+}
+
+/// The GenAI request attributes of the call's upstream attempt (none before one started).
+fn upstream_request_attributes(d: &CallData) -> Vec<KeyValue> {
+    let (Some(provider), Some(model)) = (&d.provider, &d.upstream_model) else {
+        return Vec::new();
+    };
+    let params = d.params;
+    let optional = [
+        params
+            .temperature
+            .map(|t| KeyValue::new(attr::REQUEST_TEMPERATURE, t)),
+        params.top_p.map(|p| KeyValue::new(attr::REQUEST_TOP_P, p)),
+        params
+            .max_tokens
+            .map(|m| KeyValue::new(attr::REQUEST_MAX_TOKENS, i64::from(m))),
+    ];
+    [
+        KeyValue::new(
+            attr::OPERATION_NAME,
+            d.operation.unwrap_or(Operation::Chat).as_str(),
+        ),
+        KeyValue::new(
+            attr::PROVIDER_NAME,
+            StringValue::from(Arc::clone(&provider.0)),
+        ),
+        KeyValue::new(attr::REQUEST_MODEL, StringValue::from(Arc::clone(model))),
+    ]
+    .into_iter()
+    .chain(optional.into_iter().flatten())
+    .collect()
 }
 
 fn price_of(d: &CallData) -> Option<Decimal> {

@@ -6,6 +6,7 @@ pub mod background;
 pub mod call;
 pub mod metrics;
 pub mod otel;
+pub mod span_fields;
 
 use std::io::IsTerminal;
 
@@ -252,22 +253,16 @@ pub fn request_span(request_id: &str) -> tracing::Span {
 pub fn request_spans(
     method: &http::Method,
     route: &std::sync::Arc<str>,
-    request_id: &str,
     headers: &http::HeaderMap,
 ) -> Option<otel::CallSpans> {
     let tracer = otel::tracer()?;
+    // Its attributes (method, route, request id, status) are set when it ends (`telemetry::call`),
+    // on the telemetry thread.
     Some(otel::CallSpans::server(
         tracer,
         format!("{method} {route}"),
         headers,
-        vec![
-            opentelemetry::KeyValue::new("http.request.method", method.to_string()),
-            opentelemetry::KeyValue::new(
-                "http.route",
-                opentelemetry::StringValue::from(std::sync::Arc::clone(route)),
-            ),
-            opentelemetry::KeyValue::new("sluice.request_id", request_id.to_owned()),
-        ],
+        Vec::new(),
     ))
 }
 
@@ -405,6 +400,7 @@ where
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(false)
+                    .fmt_fields(span_fields::JsonSpanFields)
                     .with_writer(writer)
                     .with_filter(only_request_span().and(filter)),
             )

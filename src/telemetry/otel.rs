@@ -49,7 +49,7 @@ use opentelemetry::trace::{
     SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Array, Context, InstrumentationScope, KeyValue, StringValue, Value};
-use opentelemetry_http::{Bytes, HeaderExtractor, HeaderInjector, HttpClient, HttpError};
+use opentelemetry_http::{Bytes, HeaderExtractor, HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -555,18 +555,17 @@ impl CallSpans {
         }
     }
 
-    /// Starts the client span of the upstream attempt (a second attempt replaces the first, which
-    /// ends then).
-    pub fn start_upstream(&mut self, name: String, attributes: Vec<KeyValue>) {
+    /// Starts the client span of the upstream attempt; its attributes are set when it ends. A second
+    /// attempt replaces the first, which ends then with `earlier` (the first attempt's attributes).
+    pub fn start_upstream(&mut self, name: String, earlier: Vec<KeyValue>) {
         let span = self.tracer.build_with_context(
-            self.tracer
-                .span_builder(name)
-                .with_kind(SpanKind::Client)
-                .with_attributes(attributes),
+            self.tracer.span_builder(name).with_kind(SpanKind::Client),
             &self.call,
         );
         if let Some(previous) = self.upstream.replace(self.call.with_span(span)) {
-            previous.span().end();
+            let span = previous.span();
+            span.set_attributes(earlier);
+            span.end();
         }
     }
 
@@ -576,11 +575,30 @@ impl CallSpans {
         &self.call
     }
 
-    /// Adds `traceparent` (and `tracestate` when present) for the upstream attempt's span (the call's
-    /// own span before one started) to an upstream request.
+    /// Adds `traceparent` (and `tracestate` when not empty) for the upstream attempt's span (the
+    /// call's own span before one started) to an upstream request.
+    ///
+    /// Written here rather than with `TraceContextPropagator::inject_context`, which formats the ids
+    /// through `format!` and parses both header names on every call (~4,000 instructions per request
+    /// on the request thread, callgrind), and sends an empty `tracestate` when there is none. The
+    /// format is W3C Trace Context level 1, version `00`; extraction still uses the propagator.
     pub fn inject(&self, headers: &mut http::HeaderMap) {
+        static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+        static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
         let context = self.upstream.as_ref().unwrap_or(&self.call);
-        TraceContextPropagator::new().inject_context(context, &mut HeaderInjector(headers));
+        let span = context.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        if let Ok(value) = http::HeaderValue::from_bytes(&traceparent(sc)) {
+            headers.insert(&TRACEPARENT, value);
+        }
+        if *sc.trace_state() != opentelemetry::trace::TraceState::default()
+            && let Ok(value) = http::HeaderValue::from_str(&sc.trace_state().header())
+        {
+            headers.insert(&TRACESTATE, value);
+        }
     }
 
     /// The trace id, for logs (it displays as 32 lowercase hex digits); `None` when the call is not
@@ -629,6 +647,25 @@ impl CallSpans {
         }
         span.end();
     }
+}
+
+/// `00-{trace id}-{span id}-{flags}` in lowercase hex: the W3C `traceparent` value of `sc`.
+fn traceparent(sc: &opentelemetry::trace::SpanContext) -> [u8; 55] {
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+    }
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(&mut out[3..35], &sc.trace_id().to_bytes());
+    hex(&mut out[36..52], &sc.span_id().to_bytes());
+    hex(
+        &mut out[53..55],
+        &[(sc.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED).to_u8()],
+    );
+    out
 }
 
 // === GenAI attributes ===
@@ -830,6 +867,47 @@ mod tests {
     }
 
     #[test]
+    fn traceparent_is_what_the_w3c_propagator_writes() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        for (trace, span, flags) in [
+            (
+                0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128,
+                0x00f0_67aa_0ba9_02b7_u64,
+                1_u8,
+            ),
+            (1, 1, 0),
+            (u128::MAX, u64::MAX, 0xff),
+        ] {
+            let sc = SpanContext::new(
+                TraceId::from(trace),
+                SpanId::from(span),
+                TraceFlags::new(flags),
+                true,
+                TraceState::default(),
+            );
+            let mut expected = HashMap::new();
+            TraceContextPropagator::new().inject_context(
+                &Context::new().with_remote_span_context(sc.clone()),
+                &mut expected,
+            );
+            assert_eq!(
+                std::str::from_utf8(&traceparent(&sc)).unwrap(),
+                expected["traceparent"],
+            );
+        }
+        assert_eq!(
+            &traceparent(&SpanContext::new(
+                TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128),
+                SpanId::from(0x00f0_67aa_0ba9_02b7_u64),
+                TraceFlags::SAMPLED,
+                true,
+                TraceState::default(),
+            )),
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+    }
+
+    #[test]
     fn config_parses_with_defaults_and_rejects_unknown_fields() {
         let config: OtelConfig = serde_json::from_value(serde_json::json!({
             "endpoint": "http://collector:4318",
@@ -963,18 +1041,15 @@ mod tests {
             &http::HeaderMap::new(),
             vec![KeyValue::new("http.route", "/v1/chat/completions")],
         );
-        spans.start_upstream(
-            span_name(attr::operation::CHAT, "gpt-4o"),
-            vec![
-                KeyValue::new(attr::OPERATION_NAME, attr::operation::CHAT),
-                KeyValue::new(attr::PROVIDER_NAME, attr::provider::OPENAI),
-                KeyValue::new(attr::REQUEST_MODEL, "gpt-4o"),
-                KeyValue::new(attr::REQUEST_TEMPERATURE, 0.2),
-                KeyValue::new(attr::REQUEST_MAX_TOKENS, 256_i64),
-            ],
-        );
+        spans.start_upstream(span_name(attr::operation::CHAT, "gpt-4o"), Vec::new());
         let trace = spans.trace_id();
+        // Request and response attributes are all set at the end.
         let mut upstream = vec![
+            KeyValue::new(attr::OPERATION_NAME, attr::operation::CHAT),
+            KeyValue::new(attr::PROVIDER_NAME, attr::provider::OPENAI),
+            KeyValue::new(attr::REQUEST_MODEL, "gpt-4o"),
+            KeyValue::new(attr::REQUEST_TEMPERATURE, 0.2),
+            KeyValue::new(attr::REQUEST_MAX_TOKENS, 256_i64),
             KeyValue::new(attr::RESPONSE_MODEL, "gpt-4o-2024-08-06"),
             KeyValue::new(attr::RESPONSE_ID, "chatcmpl-123"),
             KeyValue::new(attr::TIME_TO_FIRST_TOKEN_MS, 42_i64),
