@@ -300,7 +300,7 @@ impl Call {
         let operation = d.operation.unwrap_or(Operation::Chat).as_str();
         // The request attributes are set when the span ends (on the telemetry thread for the last
         // attempt); an earlier attempt's span ends here, with its own.
-        let earlier = upstream_request_attributes(&d);
+        let earlier = UpstreamRequest::of(&d).map_or_else(Vec::new, UpstreamRequest::attributes);
         if let Some(spans) = &mut d.spans {
             spans.start_upstream(super::otel::span_name(operation, upstream_model), earlier);
         }
@@ -633,7 +633,7 @@ impl Call {
             method: self.method.clone(),
             route: self.route.clone(),
             request_id: Arc::clone(&self.request_id),
-            upstream_request: upstream_request_attributes(d),
+            upstream_request: UpstreamRequest::of(d),
             status: f.status,
             error: d.error.as_ref().map(GatewayError::kind),
             response_model: d.response_model.take(),
@@ -733,8 +733,8 @@ struct SpanEnding {
     method: http::Method,
     route: Label,
     request_id: Arc<str>,
-    /// The upstream attempt's request attributes (empty without an attempt).
-    upstream_request: Vec<KeyValue>,
+    /// What the upstream attempt asked for (`None` without an attempt).
+    upstream_request: Option<UpstreamRequest>,
     status: u16,
     error: Option<&'static str>,
     response_model: Option<String>,
@@ -758,7 +758,9 @@ impl SpanEnding {
             KeyValue::new("sluice.request_id", StringValue::from(self.request_id)),
             KeyValue::new("http.response.status_code", i64::from(self.status)),
         ];
-        let mut upstream = self.upstream_request;
+        let mut upstream = self
+            .upstream_request
+            .map_or_else(Vec::new, UpstreamRequest::attributes);
         upstream.reserve(10);
         if let Some(model) = self.response_model {
             upstream.push(KeyValue::new(attr::RESPONSE_MODEL, model));
@@ -926,35 +928,46 @@ pub fn count_prompt(model: &str, messages: &[ChatMessage]) -> u64 {
     }
 }
 
-/// The GenAI request attributes of the call's upstream attempt (none before one started).
-fn upstream_request_attributes(d: &CallData) -> Vec<KeyValue> {
-    let (Some(provider), Some(model)) = (&d.provider, &d.upstream_model) else {
-        return Vec::new();
-    };
-    let params = d.params;
-    let optional = [
-        params
-            .temperature
-            .map(|t| KeyValue::new(attr::REQUEST_TEMPERATURE, t)),
-        params.top_p.map(|p| KeyValue::new(attr::REQUEST_TOP_P, p)),
-        params
-            .max_tokens
-            .map(|m| KeyValue::new(attr::REQUEST_MAX_TOKENS, i64::from(m))),
-    ];
-    [
-        KeyValue::new(
-            attr::OPERATION_NAME,
-            d.operation.unwrap_or(Operation::Chat).as_str(),
-        ),
-        KeyValue::new(
-            attr::PROVIDER_NAME,
-            StringValue::from(Arc::clone(&provider.0)),
-        ),
-        KeyValue::new(attr::REQUEST_MODEL, StringValue::from(Arc::clone(model))),
-    ]
-    .into_iter()
-    .chain(optional.into_iter().flatten())
-    .collect()
+/// What an upstream attempt asked for: its span's GenAI request attributes, made into attributes where
+/// the span ends.
+struct UpstreamRequest {
+    operation: Operation,
+    provider: Label,
+    model: Arc<str>,
+    params: RequestParams,
+}
+
+impl UpstreamRequest {
+    /// The call's current attempt (none before one started).
+    fn of(d: &CallData) -> Option<Self> {
+        Some(Self {
+            operation: d.operation.unwrap_or(Operation::Chat),
+            provider: d.provider.clone()?,
+            model: Arc::clone(d.upstream_model.as_ref()?),
+            params: d.params,
+        })
+    }
+
+    fn attributes(self) -> Vec<KeyValue> {
+        let params = self.params;
+        let optional = [
+            params
+                .temperature
+                .map(|t| KeyValue::new(attr::REQUEST_TEMPERATURE, t)),
+            params.top_p.map(|p| KeyValue::new(attr::REQUEST_TOP_P, p)),
+            params
+                .max_tokens
+                .map(|m| KeyValue::new(attr::REQUEST_MAX_TOKENS, i64::from(m))),
+        ];
+        [
+            KeyValue::new(attr::OPERATION_NAME, self.operation.as_str()),
+            KeyValue::new(attr::PROVIDER_NAME, StringValue::from(self.provider.0)),
+            KeyValue::new(attr::REQUEST_MODEL, StringValue::from(self.model)),
+        ]
+        .into_iter()
+        .chain(optional.into_iter().flatten())
+        .collect()
+    }
 }
 
 fn price_of(d: &CallData) -> Option<Decimal> {
