@@ -18,9 +18,19 @@
 #
 #   bench/modes.sh [RUNS] [RATE] [DURATION]     defaults: 3 2000 10s;  MODES="..." picks modes
 #
+# INTERLEAVE=1 (recommended for p99): every mode's Sluice runs for the whole measurement and the load
+# alternates between them in segments of DURATION, RUNS rounds in rotating order; every request's
+# latency is pooled per target and bench/pooled.py reports pooled p50/p99, the added latency, its
+# ratio to `off` with a 90 % bootstrap interval over the rounds. Without it (the layout of the older
+# results), each target's Sluice is started for its turn and each run's percentiles are medianed.
+# TMPDIR decides where the log file and the request log are written (mktemp; /dev/shm for tmpfs).
+#
 # PIN=process (default): the whole Sluice process on core 0, so its background threads (log writer,
 # request-log writer, span export) compete with its request thread for the one core: the strictest
-# layout. PIN=requests: the request threads on core 0 and the background threads free to run on either
+# layout. PIN=split: the request threads on core 0, the background threads on core 1 only (with the
+# load generator and the upstream): a diagnosis layout, to tell the background threads' cost to the
+# request thread through the shared core from their cost through handing work over.
+# PIN=requests: the request threads on core 0 and the background threads free to run on either
 # core (at the lowest priority, in the idle time of the load generator's and upstream's core too), as
 # they do on any machine with a core to spare.
 #
@@ -34,7 +44,7 @@ cd "$REPO"
 cargo build --release --bins --quiet ${CARGO_FEATURES:+--features "$CARGO_FEATURES"}
 SUITE="${SUITE:-observability}"
 PIN="${PIN:-process}"
-case "$PIN" in process|requests) ;; *) echo "PIN must be process or requests" >&2; exit 2 ;; esac
+case "$PIN" in process|requests|split) ;; *) echo "PIN must be process, requests or split" >&2; exit 2 ;; esac
 case "$SUITE" in
   observability) PREFIX=obs; DEFAULT_MODES="off on" ;;
   access) PREFIX=access; DEFAULT_MODES="off auth memory" ;;
@@ -42,7 +52,7 @@ case "$SUITE" in
   *) echo "unknown SUITE $SUITE" >&2; exit 2 ;;
 esac
 OUT="$REPO/bench/results/$PREFIX-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
-echo "PIN=$PIN RUNS=$RUNS RATE=$RATE DURATION=$DURATION MODES=${MODES:-default}" >"$OUT/layout.txt"
+echo "PIN=$PIN RUNS=$RUNS RATE=$RATE DURATION=$DURATION MODES=${MODES:-default} TMPDIR=${TMPDIR:-/tmp}" >"$OUT/layout.txt"
 WORK="$(mktemp -d)"; PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -125,26 +135,83 @@ if [ "$SUITE" = cache ]; then
   BODY='{"model":"bench","temperature":0,"messages":[{"role":"user","content":"hi"}]}'
   SBODY='{"model":"bench","stream":true,"temperature":0,"messages":[{"role":"user","content":"hi"}]}'
 fi
+
+# Waits until a started Sluice accepts connections on port $2, warms it up, then pins it (PIN, see the
+# top; after the warm-up, since the telemetry thread starts with the first finished request).
+start_pinned() {
+  local pid=$1 port=$2
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+  "${OHA[@]}" -n 2000 -c 50 -d "$BODY" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null   # warm-up
+  if [ "$PIN" != process ]; then
+    # The request threads (main thread, Tokio worker and blocking pool) to core 0; threads they
+    # start later inherit it. The background threads keep both cores, or core 1 alone (split).
+    for task in /proc/"$pid"/task/*; do
+      case "$(cat "$task/comm")" in
+        sluice|tokio-rt-worker) taskset -p -c 0 "${task##*/}" >/dev/null ;;
+        *) [ "$PIN" = split ] && taskset -p -c 1 "${task##*/}" >/dev/null ;;
+      esac
+    done
+  fi
+}
+if [ "$PIN" = process ]; then CORES=0; else CORES=0,1; fi
+
+if [ "${INTERLEAVE:-0}" = 1 ]; then
+  # Every mode's Sluice runs for the whole measurement (each on its own port, all pinned alike; an
+  # instance without load is idle) and the load moves between them and the upstream in segments of
+  # DURATION: round r takes the targets in an order rotated by r and reversed every other round, so
+  # no target always follows another. Latencies of every request (oha --db-url) are pooled per
+  # target; bench/pooled.py reports pooled p50/p99, the latency each mode adds over direct, its ratio
+  # to `off`, and a bootstrap interval of that ratio over the rounds.
+  echo "INTERLEAVE=1" >>"$OUT/layout.txt"
+  mkdir -p "$WORK/lat"
+  declare -A PID_OF URL_OF
+  i=0
+  for m in $MODES; do
+    port=$((${PORT_MODES:-18300} + i)); i=$((i + 1))
+    sed -e "s/127.0.0.1:$PORT_GW/127.0.0.1:$port/" -e "s#$WORK/requests.db#$WORK/requests-$m.db#" \
+      -e "s#$WORK/state.db#$WORK/state-$m.db#" "$WORK/$m.toml" >"$WORK/$m-interleaved.toml"
+    TOKIO_WORKER_THREADS=1 taskset -c "$CORES" target/release/sluice serve --config "$WORK/$m-interleaved.toml" >"$WORK/sluice-$m.log" 2>&1 &
+    PID_OF[$m]=$!; PIDS+=($!)
+    start_pinned "${PID_OF[$m]}" "$port"
+    URL_OF[$m]="http://127.0.0.1:$port/v1/chat/completions"
+  done
+  URL_OF[direct]="http://127.0.0.1:$PORT_UP/v1/chat/completions"
+  read -r -a TARGETS <<<"direct $MODES"
+  n=${#TARGETS[@]}
+  for run in $(seq "$RUNS"); do
+    order=()
+    for k in $(seq 0 $((n - 1))); do order+=("${TARGETS[$(((k + run - 1) % n))]}"); done
+    if [ $((run % 2)) = 0 ]; then
+      for ((a = 0, b = n - 1; a < b; a++, b--)); do t="${order[a]}"; order[a]="${order[b]}"; order[b]="$t"; done
+    fi
+    for mode in nonstream stream; do
+      body="$BODY"; [ "$mode" = stream ] && body="$SBODY"
+      for target in "${order[@]}"; do
+        pid="${PID_OF[$target]:-}"
+        [ -n "$pid" ] && python3 bench/threadcpu.py snapshot "$pid" >"$WORK/cpu-before.json"
+        rm -f "$WORK/seg.db"
+        "${OHA[@]}" -z "$DURATION" -c 50 -q "$RATE" --latency-correction -d "$body" --db-url "$WORK/seg.db" "${URL_OF[$target]}" >"$OUT/r$run-$mode-$target.json"
+        python3 -c 'import sqlite3,sys; print("\n".join(f"{d:.9f}" for (d,) in sqlite3.connect(sys.argv[1]).execute("select duration from oha")))' "$WORK/seg.db" >"$WORK/lat/r$run-$mode-$target.txt"
+        if [ -n "$pid" ]; then
+          python3 bench/threadcpu.py snapshot "$pid" >"$WORK/cpu-after.json"
+          python3 bench/threadcpu.py diff "$WORK/cpu-before.json" "$WORK/cpu-after.json" "$(wc -l <"$WORK/lat/r$run-$mode-$target.txt")" >"$OUT/r$run-$mode-$target.cpu.json"
+        fi
+      done
+    done
+  done
+  python3 bench/pooled.py "$OUT" "$WORK/lat" "$RUNS" "direct $MODES"
+  exit 0
+fi
+
 for run in $(seq "$RUNS"); do
   for target in direct $MODES; do
     if [ "$target" = direct ]; then
       url="http://127.0.0.1:$PORT_UP/v1/chat/completions"
     else
-      if [ "$PIN" = process ]; then cores=0; else cores=0,1; fi
-      TOKIO_WORKER_THREADS=1 taskset -c "$cores" target/release/sluice serve --config "$WORK/$target.toml" >"$WORK/sluice-$target.log" 2>&1 &
+      TOKIO_WORKER_THREADS=1 taskset -c "$CORES" target/release/sluice serve --config "$WORK/$target.toml" >"$WORK/sluice-$target.log" 2>&1 &
       pid=$!
-      for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT_GW") 2>/dev/null && break; sleep 0.05; done
-      if [ "$PIN" = requests ]; then
-        # The request threads (main thread, Tokio worker and blocking pool) to core 0; threads they
-        # start later inherit it. The background threads keep both cores.
-        for task in /proc/"$pid"/task/*; do
-          case "$(cat "$task/comm")" in
-            sluice|tokio-rt-worker) taskset -p -c 0 "${task##*/}" >/dev/null ;;
-          esac
-        done
-      fi
+      start_pinned "$pid" "$PORT_GW"
       url="http://127.0.0.1:$PORT_GW/v1/chat/completions"
-      "${OHA[@]}" -n 2000 -c 50 -d "$BODY" "$url" >/dev/null   # warm-up
     fi
     for mode in nonstream stream; do
       body="$BODY"; [ "$mode" = stream ] && body="$SBODY"

@@ -300,7 +300,10 @@ impl Call {
         let operation = d.operation.unwrap_or(Operation::Chat).as_str();
         // The request attributes are set when the span ends (on the telemetry thread for the last
         // attempt); an earlier attempt's span ends here, with its own.
-        let earlier = UpstreamRequest::of(&d).map_or_else(Vec::new, UpstreamRequest::attributes);
+        let earlier = match d.spans {
+            Some(_) => UpstreamRequest::of(&d).map_or_else(Vec::new, UpstreamRequest::attributes),
+            None => Vec::new(),
+        };
         if let Some(spans) = &mut d.spans {
             spans.start_upstream(super::otel::span_name(operation, upstream_model), earlier);
         }

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Summary of an interleaved modes.sh run (INTERLEAVE=1): latencies pooled per target over the rounds.
+
+    pooled.py OUT LATDIR RUNS "direct off on ..."
+
+LATDIR holds one file per segment, `r<round>-<nonstream|stream>-<target>.txt`, one latency in seconds per
+line (oha's latency-corrected duration of every request). For each target: p50 and p99 of all its
+requests; added = target - direct (pooled, same rounds); the ratio of each mode's added latency to
+`off`'s; and a 90 % bootstrap interval of that ratio, resampling whole rounds (a round's segments ran
+minutes apart from other rounds' but seconds apart from each other, so rounds are the independent
+unit). Per-round values are listed too. CPU µs per request by thread comes from the segments'
+`*.cpu.json` files (bench/threadcpu.py), as in modes.sh's own summary.
+
+Standard library only: a pooled quantile of sorted segments is found by bisection on the value
+(count of samples <= v summed over segments), so resampling never re-sorts.
+"""
+import bisect
+import json
+import random
+import statistics
+import sys
+
+QUANTILES = (0.50, 0.99)
+BOOTSTRAP = 1000
+
+
+def load(latdir, run, mode, target):
+    with open(f"{latdir}/r{run}-{mode}-{target}.txt") as f:
+        return sorted(float(x) * 1000 for x in f if x.strip())
+
+
+def quantile(segments, q):
+    """The q-quantile (lower) of the union of sorted lists, to 0.1 µs."""
+    total = sum(len(s) for s in segments)
+    rank = max(1, int(q * total + 0.999999))  # samples that must be <= the answer
+    lo = min(s[0] for s in segments)
+    hi = max(s[-1] for s in segments)
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        if sum(bisect.bisect_right(s, mid) for s in segments) >= rank:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def main():
+    out, latdir, runs, targets = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
+    modes = [t for t in targets if t != "direct"]
+    rounds = list(range(1, runs + 1))
+    lines = [
+        "| mode | target | requests | pooled p50 ms | pooled p99 ms | added p50 | added p99 | per-round added p99 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for mode in ("nonstream", "stream"):
+        lat = {t: {r: load(latdir, r, mode, t) for r in rounds} for t in targets}
+
+        def added(rs, t, q):
+            return quantile([lat[t][r] for r in rs], q) - quantile([lat["direct"][r] for r in rs], q)
+
+        for t in targets:
+            p = [quantile(list(lat[t].values()), q) for q in QUANTILES]
+            n = sum(len(v) for v in lat[t].values())
+            if t == "direct":
+                lines.append(f"| {mode} | direct | {n} | {p[0]:.3f} | {p[1]:.3f} | | | |")
+                continue
+            per_round = " / ".join(f"{added([r], t, 0.99):+.3f}" for r in rounds)
+            lines.append(
+                f"| {mode} | sluice {t} | {n} | {p[0]:.3f} | {p[1]:.3f} | {added(rounds, t, 0.50):+.3f} | "
+                f"{added(rounds, t, 0.99):+.3f} | {per_round} |"
+            )
+        rng = random.Random(1)
+        samples = [[rng.choice(rounds) for _ in rounds] for _ in range(BOOTSTRAP)]
+        for t in modes:
+            if t == "off":
+                continue
+            for q in QUANTILES:
+                ratio = added(rounds, t, q) / added(rounds, "off", q)
+                boot = sorted(added(rs, t, q) / added(rs, "off", q) for rs in samples)
+                lo, hi = boot[int(0.05 * BOOTSTRAP)], boot[int(0.95 * BOOTSTRAP) - 1]
+                diff = added(rounds, t, q) - added(rounds, "off", q)
+                verdicts.append(
+                    f"- {mode}: added latency {t}/off at p{round(q * 100)} = {ratio:.2f}x "
+                    f"(90 % bootstrap over rounds {lo:.2f}x - {hi:.2f}x); {t} - off = {diff:+.3f} ms"
+                )
+    text = "\n".join(lines) + "\n\n" + "\n".join(verdicts)
+    cpu = [
+        "| mode | target | CPU µs/request (median of segments) | request threads | background threads | worker waiting for the core |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in ("nonstream", "stream"):
+        for t in modes:
+            segs = [json.load(open(f"{out}/r{r}-{mode}-{t}.cpu.json")) for r in rounds]
+            total = [c["total"] for c in segs]
+            workers = [
+                sum(v for k, v in c.items() if (k.startswith("tokio-") or k == "sluice") and not k.endswith("(waiting)"))
+                for c in segs
+            ]
+            waiting = [c.get("tokio-rt-worker (waiting)", 0.0) for c in segs]
+            cpu.append(
+                f"| {mode} | sluice {t} | {statistics.median(total):.1f} | {statistics.median(workers):.1f} | "
+                f"{statistics.median([a - b for a, b in zip(total, workers)]):.1f} | {statistics.median(waiting):.1f} |"
+            )
+    text += "\n\n" + "\n".join(cpu) + "\n\n" + open(f"{out}/layout.txt").read()
+    print(text)
+    with open(f"{out}/summary.md", "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
