@@ -2,11 +2,11 @@
 //! event formatter later reads back (`{"request_id":"…"}`).
 //!
 //! Why not `tracing-subscriber`'s `JsonFields`: it collects every field into a `BTreeMap` of
-//! `serde_json::Value`s and serializes that map, for every span, when the span is created. With the
-//! JSON log on, that was ~8,500 of the ~11,000 instructions the request span cost per request
-//! (callgrind, `bench/observability.sh` traffic), on the request's own thread: more than everything
-//! else the log format added. The event formatter (`format::Json`) only needs the same JSON object
-//! text, so this writes it directly; `tracing-subscriber` offers no cheaper JSON field formatter.
+//! `serde_json::Value`s and serializes that map, for every span, when the span is created, on the
+//! request's own thread; callgrind (`bench/instructions.sh`) showed it as most of what creating the
+//! request span cost with the JSON log on. The event formatter (`format::Json`) only needs the same
+//! JSON object text, so this writes it directly; `tracing-subscriber` offers no cheaper JSON field
+//! formatter.
 
 use std::fmt;
 
