@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::{FilterExt as _, FilterFn, LevelFilter, filter_fn};
+use tracing_subscriber::filter::{FilterFn, filter_fn};
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
@@ -367,12 +367,10 @@ impl<W: std::io::Write> std::io::Write for BackgroundWriter<W> {
     }
 }
 
-/// Log output sees events and the request span, no other span (see [`install`]). The hint says
-/// "any level", so that the log filter's own hint decides the subscriber's maximum level (combined
-/// filters take the stricter hint, and no hint at all would enable every callsite).
+/// Events and the request span pass, no other span (see [`install`]). No level hint: stacked global
+/// filters take the most verbose hint, so the log filter's alone decides the maximum level.
 fn only_request_span() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
     filter_fn(|meta| !meta.is_span() || meta.name() == REQUEST_SPAN)
-        .with_max_level_hint(LevelFilter::TRACE)
 }
 
 /// Installs the global subscriber writing logs to `writer` (tests capture logs this way), and `otel`'s
@@ -382,6 +380,10 @@ fn only_request_span() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
 /// other span: the upstream-attempt span is recorded field by field as a call progresses, and
 /// re-formatting it for the log on every record would cost the request path for nothing (the access
 /// record already carries those values).
+///
+/// Both filters are global (the log layer is the only layer): a per-layer filter made every span
+/// enter, exit and close, and every event, go through its bookkeeping on the request thread, and
+/// spans no one records were still created.
 pub fn install<W>(config: &LogConfig, otel: Option<&otel::OtelGuard>, writer: W, ansi: bool)
 where
     W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
@@ -391,31 +393,36 @@ where
     if let Some(otel) = otel {
         otel::install(otel);
     }
-    let registry = tracing_subscriber::registry();
-    let result = match config.format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .fmt_fields(span_fields::JsonSpanFields)
-                    .with_writer(writer)
-                    .with_filter(only_request_span().and(filter)),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_ansi(ansi)
-                    .with_writer(writer)
-                    .with_filter(only_request_span().and(filter)),
-            )
-            .try_init(),
-    };
     // Already installed (tests start several apps in one process): keep the first.
-    drop(result);
+    drop(log_subscriber(filter, config.format, writer, ansi).try_init());
+}
+
+/// The log subscriber of [`install`]: `filter` and [`only_request_span`] as global filters, then the
+/// log layer in `format`.
+fn log_subscriber<W>(
+    filter: EnvFilter,
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .fmt_fields(span_fields::JsonSpanFields)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(only_request_span())
+        .with(layer)
 }
 
 #[cfg(test)]
@@ -423,6 +430,30 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
+
+    #[test]
+    fn the_log_filter_alone_sets_the_level_and_only_the_request_span_is_made() {
+        for format in [LogFormat::Json, LogFormat::Text] {
+            let subscriber = log_subscriber(EnvFilter::new("info"), format, std::io::sink, false);
+            assert_eq!(
+                tracing::Subscriber::max_level_hint(&subscriber),
+                Some(tracing::level_filters::LevelFilter::INFO)
+            );
+            tracing::subscriber::with_default(subscriber, || {
+                assert!(
+                    !request_span("r-1").is_disabled(),
+                    "the request span is made"
+                );
+                assert!(tracing::info_span!("internal call").is_disabled());
+                assert!(
+                    tracing::debug_span!(REQUEST_SPAN).is_disabled(),
+                    "below the filter"
+                );
+                assert!(tracing::enabled!(tracing::Level::INFO));
+                assert!(!tracing::enabled!(tracing::Level::DEBUG));
+            });
+        }
+    }
 
     #[test]
     fn background_writer_batches_lines_until_flushed() {
