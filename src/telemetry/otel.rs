@@ -485,9 +485,17 @@ pub fn tracer() -> Option<&'static SdkTracer> {
     TRACER.get()
 }
 
-/// The remote parent carried by a client's W3C `traceparent`/`tracestate` headers (an empty context
-/// when absent or malformed).
+/// W3C Trace Context header names.
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// The remote parent carried by a client's W3C `traceparent`/`tracestate` headers (the current
+/// context, normally empty, when absent or malformed). Most requests carry none: that case is one
+/// header lookup, not the propagator's (which looks both names up as strings).
 pub fn extract_parent(headers: &http::HeaderMap) -> Context {
+    if !headers.contains_key(&TRACEPARENT) {
+        return Context::current();
+    }
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
@@ -584,8 +592,6 @@ impl CallSpans {
     /// when there is none. The format is W3C Trace Context level 1, version `00`; extraction still
     /// uses the propagator.
     pub fn inject(&self, headers: &mut http::HeaderMap) {
-        static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-        static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
         let context = self.upstream.as_ref().unwrap_or(&self.call);
         let span = context.span();
         let sc = span.span_context();
