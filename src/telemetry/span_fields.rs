@@ -22,7 +22,7 @@ pub struct JsonSpanFields;
 
 impl<'w> FormatFields<'w> for JsonSpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut object = Members::new(&mut writer, true);
+        let mut object = Members::new(&mut writer, false, true);
         fields.record(&mut object);
         object.close()
     }
@@ -34,21 +34,22 @@ impl<'w> FormatFields<'w> for JsonSpanFields {
     ) -> fmt::Result {
         // Reopen the object (`{…}` → `{…`) and append; a repeated name appears twice, and the reader
         // keeps the last.
-        let first = if current.fields.ends_with('}') {
+        let (opened, first) = if current.fields.ends_with('}') {
             current.fields.pop();
-            current.fields.len() <= 1
+            (true, current.fields.len() <= 1)
         } else {
             current.fields.clear();
-            true
+            (false, true)
         };
         let mut writer = current.as_writer();
-        let mut object = Members::new(&mut writer, first);
+        let mut object = Members::new(&mut writer, opened, first);
         fields.record(&mut object);
         object.close()
     }
 }
 
-/// Writes `"name":value` members, the opening brace first when `first`.
+/// Writes `"name":value` members: the opening brace first unless `opened`, a comma before each but
+/// the `first`.
 struct Members<'a, 'w> {
     out: &'a mut Writer<'w>,
     first: bool,
@@ -57,11 +58,11 @@ struct Members<'a, 'w> {
 }
 
 impl<'a, 'w> Members<'a, 'w> {
-    fn new(out: &'a mut Writer<'w>, first: bool) -> Self {
+    fn new(out: &'a mut Writer<'w>, opened: bool, first: bool) -> Self {
         Self {
             out,
             first,
-            opened: !first,
+            opened,
             result: Ok(()),
         }
     }
@@ -199,8 +200,14 @@ mod tests {
             span.record("n", 8_u64);
             span.in_scope(|| tracing::info!("after record"));
             tracing::info_span!("empty").in_scope(|| tracing::info!("no fields"));
+            // Fields recorded only later, into an object that started empty.
+            let late =
+                tracing::info_span!("late", a = tracing::field::Empty, b = tracing::field::Empty);
+            late.record("a", 1_u64);
+            late.record("b", "two");
+            late.in_scope(|| tracing::info!("late fields"));
         });
-        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines.len(), 4, "{lines:?}");
         let span = &lines[0]["span"];
         assert_eq!(span["name"], "request");
         assert_eq!(span["request_id"], "01-a");
@@ -217,5 +224,7 @@ mod tests {
         assert_eq!(recorded["n"], 8, "the value recorded last wins");
         assert_eq!(recorded["request_id"], "01-a");
         assert_eq!(lines[2]["span"]["name"], "empty");
+        assert_eq!(lines[3]["span"]["a"], 1);
+        assert_eq!(lines[3]["span"]["b"], "two");
     }
 }
