@@ -148,7 +148,7 @@ start_pinned() {
     for task in /proc/"$pid"/task/*; do
       case "$(cat "$task/comm")" in
         sluice|tokio-rt-worker) taskset -p -c 0 "${task##*/}" >/dev/null ;;
-        *) [ "$PIN" = split ] && taskset -p -c 1 "${task##*/}" >/dev/null ;;
+        *) if [ "$PIN" = split ]; then taskset -p -c 1 "${task##*/}" >/dev/null; fi ;;
       esac
     done
   fi
