@@ -94,7 +94,7 @@ where
         let spans = crate::telemetry::request_spans(&method, &route.0, request.headers());
         // Attached while the request's work runs: internal calls made for it become its children.
         let otel_context = spans.as_ref().map(|s| s.context().clone());
-        let call = Arc::new(Call::new(request_id, route, method, span.clone(), spans));
+        let call = Arc::new(Call::new(request_id, route, method, spans));
         if self.state.obs.captures_content() {
             call.capture_content();
         }

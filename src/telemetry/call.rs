@@ -66,8 +66,6 @@ pub struct Call {
     method: http::Method,
     received: Instant,
     received_at: SystemTime,
-    /// The request span of log lines (`tracing`); the OTel spans are in `CallData::spans`.
-    span: tracing::Span,
     finished: AtomicBool,
     capture: AtomicBool,
     /// `on_client_disconnect = "finish"`: the call is finished when the upstream ends, not the body.
@@ -148,13 +146,12 @@ pub struct Finished {
 }
 
 impl Call {
-    /// A new call, received now: `span` is its `tracing` span (the context of its log lines), `spans`
-    /// its OTel spans when trace export is on.
+    /// A new call, received now; `spans` are its OTel spans when trace export is on (the `tracing`
+    /// request span of its log lines is the request future's, see `middleware::observe`).
     pub fn new(
         request_id: String,
         route: Label,
         method: http::Method,
-        span: tracing::Span,
         spans: Option<CallSpans>,
     ) -> Self {
         Self {
@@ -163,7 +160,6 @@ impl Call {
             method,
             received: Instant::now(),
             received_at: SystemTime::now(),
-            span,
             finished: AtomicBool::new(false),
             capture: AtomicBool::new(false),
             defer: AtomicBool::new(false),
@@ -175,8 +171,8 @@ impl Call {
     }
 
     /// A call the gateway makes for itself (the semantic cache's embedder, the RAG judge): recorded
-    /// like a client's call, under the route label `internal`, in a span named after `purpose`.
-    /// Its OTel span is a child of the request it works for, when made inside one.
+    /// like a client's call, under the route label `internal`, in an OTel span with `purpose` as an
+    /// attribute, a child of the request it works for when made inside one.
     pub fn internal(purpose: &'static str) -> Arc<Self> {
         let spans = super::otel::tracer().map(|tracer| {
             CallSpans::internal(
@@ -189,7 +185,6 @@ impl Call {
             uuid::Uuid::now_v7().to_string(),
             Label::fixed("internal"),
             http::Method::POST,
-            tracing::info_span!("internal call", purpose),
             spans,
         ))
     }
@@ -200,7 +195,6 @@ impl Call {
             String::new(),
             Label::fixed("internal"),
             http::Method::POST,
-            tracing::Span::none(),
             None,
         ))
     }
@@ -267,11 +261,6 @@ impl Call {
         &self.request_id
     }
 
-    /// The request span.
-    pub fn span(&self) -> &tracing::Span {
-        &self.span
-    }
-
     /// What the handler learnt from the body.
     pub fn begin(&self, operation: Operation, model: &str, stream: bool, params: RequestParams) {
         let mut d = self.data();
@@ -300,9 +289,10 @@ impl Call {
         let operation = d.operation.unwrap_or(Operation::Chat).as_str();
         // The request attributes are set when the span ends (on the telemetry thread for the last
         // attempt); an earlier attempt's span ends here, with its own.
-        let earlier = match d.spans {
-            Some(_) => UpstreamRequest::of(&d).map_or_else(Vec::new, UpstreamRequest::attributes),
-            None => Vec::new(),
+        let earlier = if d.spans.is_some() {
+            UpstreamRequest::of(&d).map_or_else(Vec::new, UpstreamRequest::attributes)
+        } else {
+            Vec::new()
         };
         if let Some(spans) = &mut d.spans {
             spans.start_upstream(super::otel::span_name(operation, upstream_model), earlier);

@@ -376,10 +376,9 @@ fn only_request_span() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
 /// Installs the global subscriber writing logs to `writer` (tests capture logs this way), and `otel`'s
 /// tracer for the calls' spans ([`otel::install`]).
 ///
-/// Log lines carry the fields of the [`REQUEST_SPAN`] around them (request id, route, method) but no
-/// other span: the upstream-attempt span is recorded field by field as a call progresses, and
-/// re-formatting it for the log on every record would cost the request path for nothing (the access
-/// record already carries those values).
+/// Log lines carry the fields of the [`REQUEST_SPAN`] around them (its request id) and no other span:
+/// the access record carries a call's values, and any other span would be created, entered and
+/// formatted on the request path for nothing.
 ///
 /// Both filters are global (the log layer is the only layer): a per-layer filter made every span
 /// enter, exit and close, and every event, go through its bookkeeping on the request thread, and
