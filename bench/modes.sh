@@ -24,6 +24,8 @@
 # ratio to `off` with a 90 % bootstrap interval over the rounds. Without it (the layout of the older
 # results), each target's Sluice is started for its turn and each run's percentiles are medianed.
 # TMPDIR decides where the log file and the request log are written (mktemp; /dev/shm for tmpfs).
+# ALT="name=mode:binary ..." adds modes that run another Sluice binary with a mode's config: two builds
+# compared in the same run (build the other one first and copy it out of target/).
 #
 # PIN=process (default): the whole Sluice process on core 0, so its background threads (log writer,
 # request-log writer, span export) compete with its request thread for the one core: the strictest
@@ -69,9 +71,10 @@ PIDS+=($!)
 # The OTLP receiver is a process of its own at the lowest priority: decoding span batches is the
 # collector's cost, not Sluice's, and inside the upstream process it delayed upstream responses (the
 # first runs of this script charged that to Sluice as a +9 ms p99). A production collector runs on
-# other cores or machines.
+# other cores or machines. (Run as SCHED_IDLE instead, `chrt --idle 0`, it made no difference to the
+# on/off p99 gap: runs obs-20261127T212034Z and obs-20261127T212738Z, docs/BENCHMARKS.md.)
 nice -n 19 taskset -c 1 target/release/sluice-mock-upstream --listen "127.0.0.1:$PORT_OTLP_HOST" --no-record --otlp 2>"$WORK/otlp.log" &
-PIDS+=($!)
+OTLP_PID=$!; PIDS+=($!)
 for _ in $(seq 100); do grep -q "otlp receiver on" "$WORK/otlp.log" 2>/dev/null && break; sleep 0.1; done
 OTLP="$(sed -n 's/^otlp receiver on //p' "$WORK/otlp.log")"
 [ -n "$OTLP" ] || { echo "the mock upstream did not start its OTLP receiver" >&2; exit 1; }
@@ -126,6 +129,14 @@ else
     for _ in $(seq 100); do redis-cli -p "$PORT_REDIS" ping >/dev/null 2>&1 && break; sleep 0.1; done
   fi
 fi
+# ALT="name=mode:binary ...": extra modes running another build of Sluice with a mode's config, to
+# compare two builds in the same interleaved run (e.g. ALT="wake=on:/tmp/sluice-wake").
+declare -A BIN_OF
+for spec in ${ALT:-}; do
+  name="${spec%%=*}"; cfg="${spec#*=}"; cfg="${cfg%%:*}"; BIN_OF[$name]="${spec#*:}"
+  cp "$WORK/$cfg.toml" "$WORK/$name.toml"; MODES="$MODES $name"
+  echo "mode $name: config $cfg, binary ${BIN_OF[$name]} ($(sha256sum <"${BIN_OF[$name]}" | cut -c1-12))" >>"$OUT/layout.txt"
+done
 for m in $MODES; do cp "$WORK/$m.toml" "$OUT/"; done
 
 BODY='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
@@ -170,7 +181,7 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
     port=$((${PORT_MODES:-18300} + i)); i=$((i + 1))
     sed -e "s/127.0.0.1:$PORT_GW/127.0.0.1:$port/" -e "s#$WORK/requests.db#$WORK/requests-$m.db#" \
       -e "s#$WORK/state.db#$WORK/state-$m.db#" "$WORK/$m.toml" >"$WORK/$m-interleaved.toml"
-    TOKIO_WORKER_THREADS=1 taskset -c "$CORES" target/release/sluice serve --config "$WORK/$m-interleaved.toml" >"$WORK/sluice-$m.log" 2>&1 &
+    TOKIO_WORKER_THREADS=1 taskset -c "$CORES" "${BIN_OF[$m]:-target/release/sluice}" serve --config "$WORK/$m-interleaved.toml" >"$WORK/sluice-$m.log" 2>&1 &
     PID_OF[$m]=$!; PIDS+=($!)
     start_pinned "${PID_OF[$m]}" "$port"
     URL_OF[$m]="http://127.0.0.1:$port/v1/chat/completions"
@@ -178,6 +189,7 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
   URL_OF[direct]="http://127.0.0.1:$PORT_UP/v1/chat/completions"
   read -r -a TARGETS <<<"direct $MODES"
   n=${#TARGETS[@]}
+  python3 bench/threadcpu.py snapshot "$OTLP_PID" >"$WORK/receiver-before.json"
   for run in $(seq "$RUNS"); do
     order=()
     for k in $(seq 0 $((n - 1))); do order+=("${TARGETS[$(((k + run - 1) % n))]}"); done
@@ -190,8 +202,11 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
         pid="${PID_OF[$target]:-}"
         [ -n "$pid" ] && python3 bench/threadcpu.py snapshot "$pid" >"$WORK/cpu-before.json"
         rm -f "$WORK/seg.db"
+        python3 bench/threadcpu.py snapshot-irq >"$WORK/irq-before.json"
         "${OHA[@]}" -z "$DURATION" -c 50 -q "$RATE" --latency-correction -d "$body" --db-url "$WORK/seg.db" "${URL_OF[$target]}" >"$OUT/r$run-$mode-$target.json"
         python3 -c 'import sqlite3,sys; print("\n".join(f"{d:.9f}" for (d,) in sqlite3.connect(sys.argv[1]).execute("select duration from oha")))' "$WORK/seg.db" >"$WORK/lat/r$run-$mode-$target.txt"
+        python3 bench/threadcpu.py snapshot-irq >"$WORK/irq-after.json"
+        python3 bench/threadcpu.py diff "$WORK/irq-before.json" "$WORK/irq-after.json" "$(wc -l <"$WORK/lat/r$run-$mode-$target.txt")" >"$OUT/r$run-$mode-$target.irq.json"
         if [ -n "$pid" ]; then
           python3 bench/threadcpu.py snapshot "$pid" >"$WORK/cpu-after.json"
           python3 bench/threadcpu.py diff "$WORK/cpu-before.json" "$WORK/cpu-after.json" "$(wc -l <"$WORK/lat/r$run-$mode-$target.txt")" >"$OUT/r$run-$mode-$target.cpu.json"
@@ -199,7 +214,17 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
       done
     done
   done
+  # The receiver's CPU per request exported (modes with OTLP export): what it took from core 1.
+  python3 bench/threadcpu.py snapshot "$OTLP_PID" >"$WORK/receiver-after.json"
+  exported=0
+  for m in $MODES; do
+    if grep -q telemetry.otel "$WORK/$m.toml"; then
+      for f in "$WORK"/lat/*-"$m".txt; do exported=$((exported + $(wc -l <"$f"))); done
+    fi
+  done
+  python3 bench/threadcpu.py diff "$WORK/receiver-before.json" "$WORK/receiver-after.json" "$exported" >"$OUT/receiver.cpu.json"
   python3 bench/pooled.py "$OUT" "$WORK/lat" "$RUNS" "direct $MODES"
+  echo "OTLP receiver, CPU µs per exported request: $(cat "$OUT/receiver.cpu.json")" | tee -a "$OUT/summary.md"
   exit 0
 fi
 
@@ -208,7 +233,7 @@ for run in $(seq "$RUNS"); do
     if [ "$target" = direct ]; then
       url="http://127.0.0.1:$PORT_UP/v1/chat/completions"
     else
-      TOKIO_WORKER_THREADS=1 taskset -c "$CORES" target/release/sluice serve --config "$WORK/$target.toml" >"$WORK/sluice-$target.log" 2>&1 &
+      TOKIO_WORKER_THREADS=1 taskset -c "$CORES" "${BIN_OF[$target]:-target/release/sluice}" serve --config "$WORK/$target.toml" >"$WORK/sluice-$target.log" 2>&1 &
       pid=$!
       start_pinned "$pid" "$PORT_GW"
       url="http://127.0.0.1:$PORT_GW/v1/chat/completions"
@@ -266,7 +291,7 @@ for mode in ("nonstream", "stream"):
         runs_cpu = [json.load(open(f"{out}/r{r}-{mode}-{t}.cpu.json")) for r in range(1, runs + 1)]
         total = [c["total"] for c in runs_cpu]
         # The main thread (`sluice`, which accepts connections) and the Tokio workers (and blocking pool).
-        workers = [sum(v for k, v in c.items() if (k.startswith("tokio-") or k == "sluice") and not k.endswith("(waiting)")) for c in runs_cpu]
+        workers = [sum(v for k, v in c.items() if (k.startswith("tokio-") or k == "sluice") and not k.endswith(")")) for c in runs_cpu]
         waiting = [c.get("tokio-rt-worker (waiting)", 0.0) for c in runs_cpu]
         cpu.append(f"| {mode} | sluice {t} | {statistics.median(total):.1f} | {statistics.median(workers):.1f} | "
                    f"{statistics.median([a - b for a, b in zip(total, workers)]):.1f} | "

@@ -16,6 +16,7 @@ Standard library only: a pooled quantile of sorted segments is found by bisectio
 """
 import bisect
 import json
+import os
 import random
 import statistics
 import sys
@@ -86,23 +87,49 @@ def main():
                 )
     text = "\n".join(lines) + "\n\n" + "\n".join(verdicts)
     cpu = [
-        "| mode | target | CPU µs/request (median of segments) | request threads | background threads | worker waiting for the core |",
-        "|---|---|---|---|---|---|",
+        "| mode | target | CPU µs/request (median of segments) | request threads | background threads | worker waiting for the core | worker minor faults / 1k requests | worker preempted / 1k requests |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode in ("nonstream", "stream"):
         for t in modes:
             segs = [json.load(open(f"{out}/r{r}-{mode}-{t}.cpu.json")) for r in rounds]
             total = [c["total"] for c in segs]
             workers = [
-                sum(v for k, v in c.items() if (k.startswith("tokio-") or k == "sluice") and not k.endswith("(waiting)"))
+                sum(v for k, v in c.items() if (k.startswith("tokio-") or k == "sluice") and not k.endswith(")"))
                 for c in segs
             ]
-            waiting = [c.get("tokio-rt-worker (waiting)", 0.0) for c in segs]
+
+            def worker(what):
+                return statistics.median(c.get(f"tokio-rt-worker ({what})", 0.0) for c in segs)
+
             cpu.append(
                 f"| {mode} | sluice {t} | {statistics.median(total):.1f} | {statistics.median(workers):.1f} | "
-                f"{statistics.median([a - b for a, b in zip(total, workers)]):.1f} | {statistics.median(waiting):.1f} |"
+                f"{statistics.median([a - b for a, b in zip(total, workers)]):.1f} | {worker('waiting'):.1f} | "
+                f"{worker('minflt'):.0f} | {worker('preempted'):.0f} |"
             )
-    text += "\n\n" + "\n".join(cpu) + "\n\n" + open(f"{out}/layout.txt").read()
+    text += "\n\n" + "\n".join(cpu)
+    # Machine-wide interrupts per 1,000 requests during each target's segments (threadcpu.py
+    # snapshot-irq), median of segments: IPIs and device interrupts each cost a VM exit here.
+    if os.path.exists(f"{out}/r{rounds[0]}-nonstream-direct.irq.json"):
+        kinds = ("RES", "CAL", "TLB", "LOC")
+        irq = ["| mode | target | " + " | ".join(f"{k} cpu0 / cpu1" for k in kinds) + " | device interrupts cpu0 / cpu1 |",
+               "|---|---|" + "---|" * (len(kinds) + 1)]
+        for mode in ("nonstream", "stream"):
+            for t in targets:
+                segs = [json.load(open(f"{out}/r{r}-{mode}-{t}.irq.json")) for r in rounds]
+
+                def med(pred, cpu):
+                    return statistics.median(
+                        sum(v for k, v in c.items() if k.endswith(f" cpu{cpu} (irq)") and pred(k.split(" ")[0]))
+                        for c in segs
+                    )
+
+                cells = [f"{med(lambda n, k=k: n == k, 0):.0f} / {med(lambda n, k=k: n == k, 1):.0f}" for k in kinds]
+                dev = lambda n: n not in kinds and not n.isupper()  # noqa: E731
+                cells.append(f"{med(dev, 0):.0f} / {med(dev, 1):.0f}")
+                irq.append(f"| {mode} | {t} | " + " | ".join(cells) + " |")
+        text += "\n\n" + "\n".join(irq)
+    text += "\n\n" + open(f"{out}/layout.txt").read()
     print(text)
     with open(f"{out}/summary.md", "w") as f:
         f.write(text + "\n")
