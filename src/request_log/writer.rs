@@ -129,8 +129,6 @@ impl Writer {
         std::thread::Builder::new()
             .name("sluice-reqlog".to_owned())
             .spawn(move || {
-                // Batch commits are bursts of disk work; they run between requests, not before them.
-                crate::telemetry::lower_current_thread_priority();
                 runtime.block_on(self.run());
             })
     }

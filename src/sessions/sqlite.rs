@@ -142,16 +142,15 @@ impl SqliteSessionStore {
     }
 
     /// Copies the write-ahead log into the database (a PASSIVE checkpoint: it never waits for, nor
-    /// blocks, the writer) on a connection of its own, on a short-lived thread of the lowest priority
-    /// (not the blocking pool: a pool thread would keep the lowered priority for the session writes it
-    /// runs next). The gateway calls it every few seconds; without it the WAL would grow without bound.
+    /// blocks, the writer) on a connection of its own, on a short-lived thread (not the blocking pool,
+    /// whose few threads the session writes need). The gateway calls it every few seconds; without it
+    /// the WAL would grow without bound.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let path = Arc::clone(&self.path);
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("sluice-checkpoint".to_owned())
             .spawn(move || {
-                crate::telemetry::lower_current_thread_priority();
                 let result = Connection::open(&*path).and_then(|conn| {
                     conn.busy_timeout(BUSY_TIMEOUT)?;
                     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))

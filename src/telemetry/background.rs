@@ -5,8 +5,22 @@
 //! building the spans' attributes were ~8 µs of the request thread's ~100 µs per request
 //! (`bench/observability.sh`, perf). Under an open-loop load a request's tail latency is the work of
 //! the requests queued ahead of it on that thread, so those microseconds showed up several times over
-//! at p99. Here they run on a thread of the lowest priority (`SCHED_IDLE` on Linux), in the time
-//! between requests.
+//! at p99. Here they run on a thread of their own.
+//!
+//! **Normal priority, on purpose** (this thread and every other background thread: log writer, span
+//! export, request-log writer, checkpoints). Until 2026-11-27 they ran as `SCHED_IDLE`, so that a
+//! waking request thread would preempt them at once. That caused a priority inversion: with the
+//! request log or span export on and a background thread sharing the request thread's core, streaming
+//! requests stalled for 10 to 130 ms a few times a minute (40 s at 2,000 streams/s, one core: 191–575
+//! requests over 10 ms against 8–35 with everything off). The request thread ends up waiting for
+//! something a background thread holds, and a `SCHED_IDLE` or nice-19 thread gets almost no core
+//! while a normal thread is runnable (what exactly is held was not pinned down; it is not the
+//! allocator alone: glibc's malloc stalls too). At normal priority on the same core: 0–3 requests
+//! over 10 ms. The price, on that single shared core, is that a background burst may hold the core
+//! for a scheduler slice, which raised non-streaming p99 by ~1 ms in the same-run comparison: a bounded
+//! cost, chosen over unbounded stalls (`bench/stalls.sh`, `docs/BENCHMARKS.md` "Session 6"). A
+//! background thread that falls behind under overload is still bounded: this queue
+//! runs jobs inline when full, the other queues shed and count.
 //!
 //! Bounds: the queue holds [`QUEUE_JOBS`] jobs; when it is full (the thread cannot keep up: the core
 //! is saturated) a job runs on the caller's thread instead, as it did before this thread existed, so
@@ -67,7 +81,6 @@ pub fn drain(timeout: Duration) -> bool {
 }
 
 fn work(rx: &Receiver<Job>) {
-    super::lower_current_thread_priority();
     while let Ok(job) = rx.recv() {
         job();
         // Busy: run what is queued, then give the next jobs a moment to arrive, so that a steady

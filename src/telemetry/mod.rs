@@ -201,37 +201,6 @@ pub async fn drain_background(timeout: std::time::Duration) -> bool {
         .unwrap_or(false)
 }
 
-/// Lowers the calling thread to the lowest scheduling class, for background threads whose work comes
-/// in bursts (span export, request-log commits): on Linux `SCHED_IDLE` — the thread runs only when no
-/// request thread wants the core, and a waking request thread preempts it at once (with plain niceness
-/// 19 a burst still held the core for a scheduler slice, which showed as p99); elsewhere, or where that
-/// is refused, the lowest niceness. Best effort: where neither is allowed the thread keeps its
-/// priority. Under sustained saturation such threads fall behind, and their bounded queues shed (and
-/// count) what they cannot keep up with: the right order of sacrifice for telemetry.
-pub fn lower_current_thread_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::unix::{
-            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
-            thread_native_id,
-        };
-        if set_thread_priority_and_policy(
-            thread_native_id(),
-            thread_priority::ThreadPriority::Min,
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
-        )
-        .is_ok()
-        {
-            return;
-        }
-    }
-    if let Err(e) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-    {
-        tracing::debug!(error = ?e, "could not lower the priority of a background thread");
-    }
-}
-
 /// Name of the request span; the only span whose fields appear in log lines.
 pub const REQUEST_SPAN: &str = "request";
 
@@ -336,29 +305,22 @@ pub fn init(
 
 /// The log writer thread's output. The appender's thread takes every queued line, then flushes once
 /// its queue is empty: with a buffer in between, a burst of lines is one `write` to stdout instead of
-/// one per line. On its first write it lowers its own thread to the lowest priority (the appender
-/// starts that thread itself), like the other background threads: writing logs never delays a
-/// request; if it falls behind, the bounded queue drops lines and counts them.
+/// one per line. If it falls behind, the bounded queue drops lines and counts them. Like every
+/// background thread it keeps the normal priority (see [`background`] for why).
 struct BackgroundWriter<W: std::io::Write> {
     inner: std::io::BufWriter<W>,
-    lowered: bool,
 }
 
 impl<W: std::io::Write> BackgroundWriter<W> {
     fn new(inner: W) -> Self {
         Self {
             inner: std::io::BufWriter::with_capacity(64 * 1024, inner),
-            lowered: false,
         }
     }
 }
 
 impl<W: std::io::Write> std::io::Write for BackgroundWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if !self.lowered {
-            self.lowered = true;
-            lower_current_thread_priority();
-        }
         self.inner.write(buf)
     }
 
@@ -462,6 +424,5 @@ mod tests {
         assert!(writer.inner.get_ref().is_empty(), "buffered, not written");
         writer.flush().unwrap();
         assert_eq!(writer.inner.get_ref().as_slice(), b"{\"a\":1}\n{\"b\":2}\n");
-        assert!(writer.lowered);
     }
 }

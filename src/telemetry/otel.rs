@@ -23,8 +23,8 @@
 //! **Batching and overload.** The processor keeps finished spans in a bounded queue (2048 spans by
 //! default, `OTEL_BSP_MAX_QUEUE_SIZE`) and exports batches of up to 64 ([`DEFAULT_EXPORT_BATCH_SIZE`],
 //! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`) every 5 s (`OTEL_BSP_SCHEDULE_DELAY`) or as soon as a batch is full,
-//! from its own thread at the lowest priority; the HTTP requests run on a one-thread runtime of their
-//! own, also at the lowest priority (see `export_runtime`). When the queue is full, new spans are
+//! from its own thread; the HTTP requests run on a one-thread runtime of their own (see
+//! `export_runtime`). When the queue is full, new spans are
 //! **dropped** — that is the SDK's behaviour, so a slow or dead collector never blocks or grows a request
 //! path; the SDK logs the first drop and the total at shutdown (target `opentelemetry_sdk`).
 //!
@@ -411,29 +411,19 @@ struct RuntimeHttpClient {
     runtime: tokio::runtime::Runtime,
 }
 
-/// The runtime OTLP/HTTP exports run on: one thread, named `sluice-otlp`, at the lowest priority.
-///
-/// Export work (encoding a batch of hundreds of spans, posting it) comes in bursts of a few
-/// milliseconds. On the request workers, or competing with them at equal priority on a busy core, every
-/// request arriving during a burst waits for it: that was a p99 of +9 ms in `bench/observability.sh`.
-/// At the lowest priority the scheduler runs export work in the gaps between requests; under sustained
-/// overload the export falls behind and the batch queue drops spans (the SDK counts them), which is the
-/// right order of sacrifice for telemetry.
+/// The runtime OTLP/HTTP exports run on: one thread, named `sluice-otlp`, off the request workers
+/// (a batch's export must not hold up the requests queued behind it on a worker). Normal priority,
+/// like every background thread (see `telemetry::background` for why not lower). Under sustained
+/// overload the export falls behind and the batch queue drops spans (the SDK counts them), which is
+/// the right order of sacrifice for telemetry.
 fn export_runtime() -> Result<tokio::runtime::Runtime, OtelError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(1)
         .thread_name("sluice-otlp")
-        .on_thread_start(super::lower_current_thread_priority)
         .enable_all()
         .build()
         .map_err(|e| OtelError::Invalid(format!("cannot start the OTLP export thread: {e}")))
-}
-
-thread_local! {
-    /// Whether this thread's priority was lowered already (the batch processor's thread, which the SDK
-    /// starts and names itself, is lowered on its first export).
-    static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[async_trait::async_trait]
@@ -443,9 +433,6 @@ impl HttpClient for RuntimeHttpClient {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, HttpError> {
         // This runs on the batch processor's thread, which also encodes the batches.
-        if !LOWERED.replace(true) {
-            super::lower_current_thread_priority();
-        }
         let request = reqwest::Request::try_from(request)?;
         let client = self.client.clone();
         // Awaited right here and bounded by the client's timeout: it cannot outlive the export.
