@@ -142,9 +142,10 @@ impl SqliteSessionStore {
     }
 
     /// Copies the write-ahead log into the database (a PASSIVE checkpoint: it never waits for, nor
-    /// blocks, the writer) on a connection of its own, on a short-lived thread (not the blocking pool,
-    /// whose few threads the session writes need). The gateway calls it every few seconds; without it
-    /// the WAL would grow without bound.
+    /// blocks, the writer) on a connection of its own, on a short-lived thread named `sluice-checkpoint`
+    /// rather than the blocking pool the session calls run on, so a checkpoint waiting out its busy
+    /// timeout is visible in thread dumps. The gateway calls it every few seconds; without it the WAL
+    /// would grow without bound.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let path = Arc::clone(&self.path);
         let (tx, rx) = tokio::sync::oneshot::channel();
