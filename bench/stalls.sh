@@ -2,7 +2,7 @@
 # Long stalls: one Sluice instance with one Tokio worker on core 0 (upstream, OTLP receiver and oha on
 # core 1, as in modes.sh), a steady open-loop load for SECONDS, and the count of requests slower than
 # 10 ms with p50/p99/p99.9/max. Percentiles of short segments hide rare stalls of tens of ms; this
-# counts them. Found the background-thread priority inversion of 2026-11-27 (docs/BENCHMARKS.md,
+# counts them. Found the stalls tied to background-thread priority of 2026-11-27 (docs/BENCHMARKS.md,
 # "Session 6").
 #
 #   bench/stalls.sh MODE [SECONDS] [stream|nonstream] [REPEAT]     defaults: 30 s, stream, 1

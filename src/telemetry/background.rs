@@ -9,16 +9,16 @@
 //!
 //! **Normal priority, on purpose** (this thread and every other background thread: log writer, span
 //! export, request-log writer, checkpoints). Until 2026-11-27 they ran as `SCHED_IDLE`, so that a
-//! waking request thread would preempt them at once. That caused a priority inversion: with the
-//! request log or span export on and a background thread sharing the request thread's core, streaming
-//! requests stalled for 10 to 130 ms a few times a minute (40 s at 2,000 streams/s, one core: 191–575
-//! requests over 10 ms against 8–35 with everything off). The request thread ends up waiting for
-//! something a background thread holds, and a `SCHED_IDLE` or nice-19 thread gets almost no core
-//! while a normal thread is runnable (what exactly is held was not pinned down; it is not the
-//! allocator alone: glibc's malloc stalls too). At normal priority on the same core: 0–3 requests
-//! over 10 ms. The price, on that single shared core, is that a background burst may hold the core
-//! for a scheduler slice, which raised non-streaming p99 by ~1 ms in the same-run comparison: a bounded
-//! cost, chosen over unbounded stalls (`bench/stalls.sh`, `docs/BENCHMARKS.md` "Session 6"). A
+//! waking request thread would preempt them at once. With them so, and the request log or span
+//! export on, streaming clients saw stalls of 10 to 130 ms about once a minute (40 s at 2,000
+//! streams/s, Sluice on one core: 191–575 requests over 10 ms against 8–35 with everything off); at
+//! normal priority on the same core, 0–15. Why is not known: the two stalls traced with
+//! `perf sched` showed Sluice's core idle, its worker asleep in `epoll_wait`, and the load generator's
+//! own threads busy on the other core, so the effect may reach the client through the timing of
+//! responses rather than by holding up Sluice's request thread. The price of normal priority, on a
+//! single shared core, is that a background burst may hold the core for a scheduler slice, which
+//! raised non-streaming p99 by ~1 ms in the same-run comparison: chosen as the bounded cost
+//! (`bench/stalls.sh`, `docs/BENCHMARKS.md` "Session 6", which says how to reopen the question). A
 //! background thread that falls behind under overload is still bounded: this queue
 //! runs jobs inline when full, the other queues shed and count.
 //!
