@@ -55,7 +55,7 @@ echo "MODE=$MODE SECONDS=$SECS KIND=$KIND BG_CORES=${BG_CORES:-} BG_POLICY=${BG_
 
 for run in $(seq "$REPEAT"); do
   TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" serve --config "$WORK/sluice.toml" >"$WORK/sluice.log" 2>&1 &
-  SL=$!
+  SL=$!; PIDS+=("$SL")
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT_GW") 2>/dev/null && break; sleep 0.05; done
   "${OHA[@]}" -n 2000 -c 50 -d "$BODY" "$URL" >/dev/null   # warm-up: the background threads exist now
   for task in /proc/"$SL"/task/*; do

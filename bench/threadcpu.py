@@ -40,8 +40,9 @@ def snapshot(pid):
                 status = dict(line.split(":", 1) for line in f if ":" in line)
         except (FileNotFoundError, ProcessLookupError):
             continue
-        # Counts, reported per 1,000 requests: page faults served without I/O (memory the
-        # allocator returned to the kernel and touched again), and times the thread was preempted.
+        # Counts, reported per 1,000 requests: page faults served without I/O (first touches of new
+        # memory, or memory the allocator gave back and touched again), and times the thread was
+        # preempted (involuntary context switches).
         by_name[f"{name} (minflt)"] += minflt
         by_name[f"{name} (preempted)"] += int(status.get("nonvoluntary_ctxt_switches", "0"))
     return dict(by_name)
