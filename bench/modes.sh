@@ -27,6 +27,13 @@
 # ALT="name=mode:binary ..." adds modes that run another Sluice binary with a mode's config: two builds
 # compared in the same run (build the other one first and copy it out of target/).
 #
+# SLICE_MODES="a b": those modes' Tokio workers ask the kernel for an EEVDF slice of SLICE_NS
+# (default 100000 = 0.1 ms; bench/slice.py), so that they preempt a running background thread on
+# wake-up. With ALT naming the same binary, the same build with and without it in one run.
+# OTLP_COUNT_ONLY=1: the OTLP receiver decodes and counts spans but keeps none (less of core 1's time).
+# BATCH_MODES="a b": those modes' background threads (all but the main thread and Tokio's) become
+# SCHED_BATCH after the warm-up: same weight, but they do not preempt a running thread on wake-up.
+#
 # PIN=process (default): the whole Sluice process on core 0, so its background threads (log writer,
 # request-log writer, span export) compete with its request thread for the one core: the strictest
 # layout. PIN=split: the request threads on core 0, the background threads on core 1 only (with the
@@ -55,6 +62,7 @@ case "$SUITE" in
 esac
 OUT="$REPO/bench/results/$PREFIX-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
 echo "PIN=$PIN RUNS=$RUNS RATE=$RATE DURATION=$DURATION MODES=${MODES:-default} TMPDIR=${TMPDIR:-/tmp}" >"$OUT/layout.txt"
+echo "SLICE_MODES=${SLICE_MODES:-} SLICE_NS=${SLICE_NS:-} BATCH_MODES=${BATCH_MODES:-} OTLP_COUNT_ONLY=${OTLP_COUNT_ONLY:-0}" >>"$OUT/layout.txt"
 WORK="$(mktemp -d)"; PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -73,7 +81,8 @@ PIDS+=($!)
 # first runs of this script charged that to Sluice as a +9 ms p99). A production collector runs on
 # other cores or machines. (Run as SCHED_IDLE instead, `chrt --idle 0`, it made no difference to the
 # on/off p99 gap: runs obs-20261127T212034Z and obs-20261127T212738Z, docs/BENCHMARKS.md.)
-nice -n 19 taskset -c 1 target/release/sluice-mock-upstream --listen "127.0.0.1:$PORT_OTLP_HOST" --no-record --otlp 2>"$WORK/otlp.log" &
+OTLP_ARGS=(--otlp); if [ "${OTLP_COUNT_ONLY:-0}" = 1 ]; then OTLP_ARGS+=(--otlp-count-only); fi
+nice -n 19 taskset -c 1 target/release/sluice-mock-upstream --listen "127.0.0.1:$PORT_OTLP_HOST" --no-record "${OTLP_ARGS[@]}" 2>"$WORK/otlp.log" &
 OTLP_PID=$!; PIDS+=($!)
 for _ in $(seq 100); do grep -q "otlp receiver on" "$WORK/otlp.log" 2>/dev/null && break; sleep 0.1; done
 OTLP="$(sed -n 's/^otlp receiver on //p' "$WORK/otlp.log")"
@@ -150,9 +159,19 @@ fi
 # Waits until a started Sluice accepts connections on port $2, warms it up, then pins it (PIN, see the
 # top; after the warm-up, since the telemetry thread starts with the first finished request).
 start_pinned() {
-  local pid=$1 port=$2
+  local pid=$1 port=$2 mode=${3:-}
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
   "${OHA[@]}" -n 2000 -c 50 -d "$BODY" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null   # warm-up
+  if [[ " ${SLICE_MODES:-} " == *" $mode "* ]]; then
+    for task in /proc/"$pid"/task/*; do
+      if [ "$(cat "$task/comm")" = tokio-rt-worker ]; then python3 bench/slice.py set "${SLICE_NS:-100000}" "${task##*/}"; fi
+    done
+  fi
+  if [[ " ${BATCH_MODES:-} " == *" $mode "* ]]; then
+    for task in /proc/"$pid"/task/*; do
+      case "$(cat "$task/comm")" in sluice|tokio-rt-worker) ;; *) chrt --batch -p 0 "${task##*/}" ;; esac
+    done
+  fi
   if [ "$PIN" != process ]; then
     # The request threads (main thread, Tokio worker and blocking pool) to core 0; threads they
     # start later inherit it. The background threads keep both cores, or core 1 alone (split).
@@ -183,7 +202,7 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
       -e "s#$WORK/state.db#$WORK/state-$m.db#" "$WORK/$m.toml" >"$WORK/$m-interleaved.toml"
     TOKIO_WORKER_THREADS=1 taskset -c "$CORES" "${BIN_OF[$m]:-target/release/sluice}" serve --config "$WORK/$m-interleaved.toml" >"$WORK/sluice-$m.log" 2>&1 &
     PID_OF[$m]=$!; PIDS+=($!)
-    start_pinned "${PID_OF[$m]}" "$port"
+    start_pinned "${PID_OF[$m]}" "$port" "$m"
     URL_OF[$m]="http://127.0.0.1:$port/v1/chat/completions"
   done
   URL_OF[direct]="http://127.0.0.1:$PORT_UP/v1/chat/completions"
@@ -235,7 +254,7 @@ for run in $(seq "$RUNS"); do
     else
       TOKIO_WORKER_THREADS=1 taskset -c "$CORES" "${BIN_OF[$target]:-target/release/sluice}" serve --config "$WORK/$target.toml" >"$WORK/sluice-$target.log" 2>&1 &
       pid=$!
-      start_pinned "$pid" "$PORT_GW"
+      start_pinned "$pid" "$PORT_GW" "$target"
       url="http://127.0.0.1:$PORT_GW/v1/chat/completions"
     fi
     for mode in nonstream stream; do

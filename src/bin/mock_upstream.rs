@@ -34,6 +34,9 @@ struct Args {
     /// Also run an OTLP/HTTP trace receiver (for benchmarks with trace export on); prints its address.
     #[arg(long)]
     otlp: bool,
+    /// With --otlp: decode and count the exported spans but keep none (cheaper; for benchmarks).
+    #[arg(long, requires = "otlp")]
+    otlp_count_only: bool,
 }
 
 #[tokio::main]
@@ -68,7 +71,12 @@ async fn main() -> ExitCode {
     eprintln!("listening on {}", upstream.addr());
     // Kept alive until exit.
     let _otlp = if args.otlp {
-        match sluice::testkit::otlp::OtlpReceiver::start().await {
+        let receiver = if args.otlp_count_only {
+            sluice::testkit::otlp::OtlpReceiver::start_counting().await
+        } else {
+            sluice::testkit::otlp::OtlpReceiver::start().await
+        };
+        match receiver {
             Ok(receiver) => {
                 eprintln!("otlp receiver on {}", receiver.addr());
                 Some(receiver)

@@ -133,6 +133,8 @@ impl AttrValue {
 
 #[derive(Debug)]
 struct Shared {
+    /// False for a counting receiver: exports are decoded and counted, their spans not kept.
+    keep: bool,
     spans: Mutex<VecDeque<ReceivedSpan>>,
     /// Total spans received so far (not capped); every export bumps it, waking waiters.
     received: watch::Sender<usize>,
@@ -140,6 +142,16 @@ struct Shared {
 
 impl Shared {
     fn store(&self, request: ExportTraceServiceRequest) {
+        if !self.keep {
+            let count = request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum::<usize>();
+            self.received.send_modify(|n| *n += count);
+            return;
+        }
         let spans = decode_spans(request);
         let count = spans.len();
         {
@@ -161,9 +173,24 @@ impl OtlpReceiver {
     /// # Errors
     /// When the listener cannot be bound.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// A receiver that decodes each export and counts its spans but keeps none ([`Self::spans`] stays
+    /// empty, [`Self::received`] counts): for benchmarks, where turning every span into strings and
+    /// maps would load the load generator's core with work a real collector does elsewhere.
+    ///
+    /// # Errors
+    /// When the listener cannot be bound.
+    pub async fn start_counting() -> std::io::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(keep: bool) -> std::io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
+            keep,
             spans: Mutex::new(VecDeque::new()),
             received: watch::Sender::new(0),
         });
@@ -204,6 +231,11 @@ impl OtlpReceiver {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// How many spans arrived so far, kept or not.
+    pub fn received(&self) -> usize {
+        *self.shared.received.borrow()
     }
 
     /// Forgets the spans received so far.
@@ -465,6 +497,24 @@ mod tests {
             .send()
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_counting_receiver_counts_spans_and_keeps_none() {
+        let receiver = OtlpReceiver::start_counting().await.unwrap();
+        for names in [&["a", "b"][..], &["c"][..]] {
+            let response = post(
+                &receiver,
+                "application/x-protobuf",
+                request(names).encode_to_vec(),
+            )
+            .await;
+            assert_eq!(response.status(), 200);
+        }
+        let garbage = post(&receiver, "application/x-protobuf", vec![0xff; 8]).await;
+        assert_eq!(garbage.status(), 400, "still decodes what it counts");
+        assert_eq!(receiver.received(), 3);
+        assert!(receiver.spans().is_empty());
     }
 
     #[tokio::test]
