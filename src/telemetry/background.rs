@@ -22,6 +22,17 @@
 //! background thread that falls behind under overload is still bounded: this queue
 //! runs jobs inline when full, the other queues shed and count.
 //!
+//! **Cooperative: every background thread yields the core every ~50–100 µs of work** ([`Pacer`]:
+//! this thread every [`JOBS_PER_YIELD`] jobs, the request-log writer every few records, the log
+//! writer every few lines). A thread at normal priority that has the core keeps it until its
+//! scheduler slice is used up (about 1.4 ms here, checked at the next 250 Hz tick) even when a
+//! request thread wakes up, because the request thread, the heavier user of the core, is usually
+//! not owed time. `sched_yield` ends that: a waiting request thread runs next. Measured on one shared
+//! core (session 7, `docs/BENCHMARKS.md`): the request log alone went from 1.91× to 1.06× of `off`'s
+//! added p99 (non-streaming) with the same CPU, where smaller transactions got 1.50× for 40 % more
+//! CPU, and neither a short slice for the request threads nor `SCHED_BATCH` for these made a
+//! difference. A yield with nothing else to run costs about a microsecond.
+//!
 //! Bounds: the queue holds [`QUEUE_JOBS`] jobs; when it is full (the thread cannot keep up: the core
 //! is saturated) a job runs on the caller's thread instead, as it did before this thread existed, so
 //! nothing is lost and the queue cannot grow. A steady stream of jobs does not wake the thread once
@@ -41,6 +52,42 @@ pub const QUEUE_JOBS: usize = 16 * 1024;
 
 /// How long the thread waits for more work after a job before it blocks (and needs waking).
 pub const LINGER: Duration = Duration::from_millis(1);
+
+/// Jobs this thread runs between yields (a job is ~5–20 µs: a call's access line, span ends and
+/// request-log record).
+pub const JOBS_PER_YIELD: u32 = 4;
+
+/// Counts units of background work and yields the core after every `every` of them, so that a
+/// request thread waiting for the core gets it within that much work (see the module docs).
+#[derive(Debug)]
+pub struct Pacer {
+    every: u32,
+    done: u32,
+}
+
+impl Pacer {
+    /// Yields after every `every` units (at least 1).
+    pub const fn new(every: u32) -> Self {
+        Self {
+            every: if every == 0 { 1 } else { every },
+            done: 0,
+        }
+    }
+
+    /// One unit done; yields the core if it was the `every`-th since the last yield.
+    pub fn tick(&mut self) {
+        self.done += 1;
+        if self.done >= self.every {
+            self.done = 0;
+            std::thread::yield_now();
+        }
+    }
+
+    /// Units done since the last yield.
+    pub const fn pending(&self) -> u32 {
+        self.done
+    }
+}
 
 /// The queue's sending side; `None` if the thread could not be started (jobs then run inline).
 static QUEUE: OnceLock<Option<SyncSender<Job>>> = OnceLock::new();
@@ -81,21 +128,26 @@ pub fn drain(timeout: Duration) -> bool {
 }
 
 fn work(rx: &Receiver<Job>) {
-    while let Ok(job) = rx.recv() {
+    let mut pacer = Pacer::new(JOBS_PER_YIELD);
+    let mut run = |job: Job| {
         job();
+        pacer.tick();
+    };
+    while let Ok(job) = rx.recv() {
+        run(job);
         // Busy: run what is queued, then give the next jobs a moment to arrive, so that a steady
         // stream is taken in batches instead of each `run` waking this thread.
         loop {
             loop {
                 match rx.try_recv() {
-                    Ok(job) => job(),
+                    Ok(job) => run(job),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
             std::thread::sleep(LINGER);
             match rx.try_recv() {
-                Ok(job) => job(),
+                Ok(job) => run(job),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return,
             }
@@ -108,6 +160,22 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    #[test]
+    fn a_pacer_yields_after_every_nth_unit() {
+        let mut pacer = Pacer::new(3);
+        let pending: Vec<u32> = (0..7)
+            .map(|_| {
+                pacer.tick();
+                pacer.pending()
+            })
+            .collect();
+        // The count restarts at each yield: after units 3 and 6.
+        assert_eq!(pending, [1, 2, 0, 1, 2, 0, 1]);
+        let mut every_unit = Pacer::new(0);
+        every_unit.tick();
+        assert_eq!(every_unit.pending(), 0, "zero means every unit");
+    }
 
     #[test]
     fn jobs_run_in_order_off_the_caller_and_drain_waits_for_them() {

@@ -306,21 +306,29 @@ pub fn init(
 /// The log writer thread's output. The appender's thread takes every queued line, then flushes once
 /// its queue is empty: with a buffer in between, a burst of lines is one `write` to stdout instead of
 /// one per line. If it falls behind, the bounded queue drops lines and counts them. Like every
-/// background thread it keeps the normal priority (see [`background`] for why).
+/// background thread it keeps the normal priority and yields the core every [`LINES_PER_YIELD`]
+/// lines (see [`background`] for why).
 struct BackgroundWriter<W: std::io::Write> {
     inner: std::io::BufWriter<W>,
+    pacer: background::Pacer,
 }
+
+/// Lines the log writer thread writes between yields of the core.
+const LINES_PER_YIELD: u32 = 16;
 
 impl<W: std::io::Write> BackgroundWriter<W> {
     fn new(inner: W) -> Self {
         Self {
             inner: std::io::BufWriter::with_capacity(64 * 1024, inner),
+            pacer: background::Pacer::new(LINES_PER_YIELD),
         }
     }
 }
 
 impl<W: std::io::Write> std::io::Write for BackgroundWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The appender writes each line with one call.
+        self.pacer.tick();
         self.inner.write(buf)
     }
 
