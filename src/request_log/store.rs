@@ -123,10 +123,10 @@ fn migrate(conn: &Connection) -> Result<(), RequestLogError> {
     Ok(())
 }
 
-/// Records inserted between yields of the core (~100 µs of work): a batch is up to 256 records, a few
+/// Records inserted between yields of the core (~25 µs of work): a batch is up to 256 records, a few
 /// ms of CPU, which would otherwise hold the core for a whole scheduler slice while a request thread
 /// waits (`telemetry::background`'s docs).
-const RECORDS_PER_YIELD: u32 = 16;
+const RECORDS_PER_YIELD: u32 = 4;
 
 /// Inserts `records` in one transaction: all or none. Yields the core every [`RECORDS_PER_YIELD`]
 /// records (readers are not blocked meanwhile: WAL).

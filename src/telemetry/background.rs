@@ -22,14 +22,14 @@
 //! background thread that falls behind under overload is still bounded: this queue
 //! runs jobs inline when full, the other queues shed and count.
 //!
-//! **Cooperative: every background thread yields the core every ~50–100 µs of work** ([`Pacer`]:
-//! this thread every [`JOBS_PER_YIELD`] jobs, the request-log writer every few records, the log
-//! writer every few lines). A thread at normal priority that has the core keeps it until its
+//! **Cooperative: every background thread yields the core every ~15–30 µs of work** ([`Pacer`]:
+//! this thread after every job, the request-log writer every 4 records, the log writer every 4
+//! lines). A thread at normal priority that has the core keeps it until its
 //! scheduler slice is used up (about 1.4 ms here, checked at the next 250 Hz tick) even when a
 //! request thread wakes up, because the request thread, the heavier user of the core, is usually
 //! not owed time. `sched_yield` ends that: a waiting request thread runs next. Measured on one shared
-//! core (session 7, `docs/BENCHMARKS.md`): the request log alone went from 1.91× to 1.06× of `off`'s
-//! added p99 (non-streaming) with the same CPU, where smaller transactions got 1.50× for 40 % more
+//! core (session 7, `docs/BENCHMARKS.md`): the request log alone, yielding every 16 records, went from
+//! 1.91× to 1.06× of `off`'s added p99 (non-streaming) with the same CPU, where smaller transactions got 1.50× for 40 % more
 //! CPU, and neither a short slice for the request threads nor `SCHED_BATCH` for these made a
 //! difference. A yield with nothing else to run costs about a microsecond.
 //!
@@ -54,8 +54,10 @@ pub const QUEUE_JOBS: usize = 16 * 1024;
 pub const LINGER: Duration = Duration::from_millis(1);
 
 /// Jobs this thread runs between yields (a job is ~5–20 µs: a call's access line, span ends and
-/// request-log record).
-pub const JOBS_PER_YIELD: u32 = 4;
+/// request-log record). One: every 4 (and 16 records, 16 lines for the other threads) left
+/// non-streaming p99 at 1.49× of `off`, every job (and 4, 4) at 1.07×, same CPU
+/// (obs-20261128T020202Z).
+pub const JOBS_PER_YIELD: u32 = 1;
 
 /// Counts units of background work and yields the core after every `every` of them, so that a
 /// request thread waiting for the core gets it within that much work (see the module docs).

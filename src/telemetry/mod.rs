@@ -314,7 +314,7 @@ struct BackgroundWriter<W: std::io::Write> {
 }
 
 /// Lines the log writer thread writes between yields of the core.
-const LINES_PER_YIELD: u32 = 16;
+const LINES_PER_YIELD: u32 = 4;
 
 impl<W: std::io::Write> BackgroundWriter<W> {
     fn new(inner: W) -> Self {
