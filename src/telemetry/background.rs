@@ -24,14 +24,15 @@
 //!
 //! **Cooperative: every background thread yields the core every ~15–30 µs of work** ([`Pacer`]:
 //! this thread after every job, the request-log writer every 4 records, the log writer every 4
-//! lines). A thread at normal priority that has the core keeps it until its
-//! scheduler slice is used up (about 1.4 ms here, checked at the next 250 Hz tick) even when a
-//! request thread wakes up, because the request thread, the heavier user of the core, is usually
-//! not owed time. `sched_yield` ends that: a waiting request thread runs next. Measured on one shared
-//! core (session 7, `docs/BENCHMARKS.md`): the request log alone, yielding every 16 records, went from
-//! 1.91× to 1.06× of `off`'s added p99 (non-streaming) with the same CPU, where smaller transactions got 1.50× for 40 % more
-//! CPU, and neither a short slice for the request threads nor `SCHED_BATCH` for these made a
-//! difference. A yield with nothing else to run costs about a microsecond.
+//! lines). A thread at normal priority that has the core keeps it until its scheduler slice is used
+//! up (about 1.4 ms here, checked at the next 250 Hz tick) even when a request thread wakes up,
+//! because the request thread, the heavier user of the core, is usually not owed time.
+//! `sched_yield` ends that: a waiting request thread runs next. Measured on one shared core
+//! (session 7, `docs/BENCHMARKS.md`): the request log alone, yielding every 16 records, went from
+//! 1.91× to 1.06× of `off`'s added p99 (non-streaming) with the same CPU, where smaller
+//! transactions got 1.50× for 40 % more CPU; neither a short slice for the request threads nor
+//! `SCHED_BATCH` for these threads made a difference. A yield with nothing else to run costs about
+//! a microsecond.
 //!
 //! Bounds: the queue holds [`QUEUE_JOBS`] jobs; when it is full (the thread cannot keep up: the core
 //! is saturated) a job runs on the caller's thread instead, as it did before this thread existed, so

@@ -408,6 +408,27 @@ async fn replicas_share_cached_replies_semantic_entries_and_purges_through_redis
     let first = ask(a, "What is the capital of Austria?").await.unwrap();
     assert_eq!(header(&first), "miss");
     let first: Value = first.json().await.unwrap();
+    // Replica a writes the reply to Redis in the background, after answering: wait until it is there.
+    let conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            let mut conn = conn.clone();
+            async move {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg("*cache:x:*")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                keys.len() == 1
+            }
+        })
+        .await,
+        "replica a stored the reply in Redis"
+    );
     // Replica b has never seen it: the reply comes from Redis.
     let exact = ask(b, "What is the capital of Austria?").await.unwrap();
     assert_eq!(header(&exact), "hit");
