@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Instructions per request on the request thread, by observability mode, counted by callgrind.
 #
-#   bench/instructions.sh [REQUESTS]        default 2000; MODES="off logs reqlog otel on" picks modes
+#   bench/instructions.sh [REQUESTS]        default 2000; MODES="off logs reqlog otel on" picks modes;
+#                                           STREAM=1 sends streaming requests instead
 #
 # Latency percentiles on a shared machine move by more than the few microseconds a telemetry change
 # is worth; an instruction count does not (valgrind counts the same for the same binary and input,
 # whatever else the machine does). Each mode's Sluice runs under `valgrind --tool=callgrind
-# --separate-threads=yes` with one Tokio worker, serves 200 warm-up and REQUESTS measured
-# non-streaming chat requests (oha, 10 connections) against the mock upstream, and stops; the
-# worker is the thread with the most instructions. Reported: the worker's instructions per request
-# (warm-up and start-up included, the same in every mode) and each mode's difference to `off`.
+# --separate-threads=yes` with one Tokio worker, serves 200 warm-up and REQUESTS measured chat
+# requests (non-streaming unless STREAM=1; oha, 10 connections) against the mock upstream, and
+# stops; the worker is the thread with the most instructions. Reported: the worker's instructions
+# per request (warm-up and start-up included, the same in every mode) and each mode's difference to
+# `off`; and the same for all other threads together (the background threads, with start-up and
+# shutdown).
 # Modes as in bench/modes.sh (SUITE=observability): logs = JSON access log at info, reqlog = the
 # SQLite request log, otel = OTLP/HTTP export to a receiver, on = all three.
 #
@@ -24,6 +27,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 cargo build --release --bins --quiet
 OUT="$REPO/bench/results/instr-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
+echo "STREAM=${STREAM:-0} REQUESTS=$REQUESTS MODES=$MODES" >"$OUT/layout.txt"
 WORK="$(mktemp -d)"; PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -36,6 +40,7 @@ for _ in $(seq 100); do grep -q "otlp receiver on" "$WORK/otlp.log" 2>/dev/null 
 OTLP="$(sed -n 's/^otlp receiver on //p' "$WORK/otlp.log")"
 [ -n "$OTLP" ] || { echo "the mock upstream did not start its OTLP receiver" >&2; exit 1; }
 BODY='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+if [ "${STREAM:-0}" = 1 ]; then BODY='{"model":"bench","stream":true,"messages":[{"role":"user","content":"hi"}]}'; fi
 OHA=(oha --no-tui -c 10 -m POST -H 'content-type: application/json' -d "$BODY" "http://127.0.0.1:$PORT_GW/v1/chat/completions")
 
 for mode in $MODES; do
@@ -60,7 +65,7 @@ done
 python3 - "$OUT" "$REQUESTS" "$MODES" <<'PY'
 import glob, re, sys
 out, requests, modes = sys.argv[1], int(sys.argv[2]) + 200, sys.argv[3].split()
-worker = {}
+worker, others = {}, {}
 for mode in modes:
     totals = []
     for f in glob.glob(f"{out}/callgrind.{mode}.*-*"):
@@ -70,11 +75,15 @@ for mode in modes:
                     totals.append(int(line.split()[1]))
                     break
     worker[mode] = max(totals) / requests
-lines = ["| mode | request-thread instructions per request | mode - off |", "|---|---|---|"]
+    others[mode] = (sum(totals) - max(totals)) / requests
+lines = ["| mode | request-thread instructions per request | mode - off | other threads per request | mode - off |",
+         "|---|---|---|---|---|"]
 for mode in modes:
     diff = f"{worker[mode] - worker['off']:+,.0f}" if "off" in worker and mode != "off" else ""
-    lines.append(f"| {mode} | {worker[mode]:,.0f} | {diff} |")
+    odiff = f"{others[mode] - others['off']:+,.0f}" if "off" in others and mode != "off" else ""
+    lines.append(f"| {mode} | {worker[mode]:,.0f} | {diff} | {others[mode]:,.0f} | {odiff} |")
 text = "\n".join(lines)
 print(text)
 open(f"{out}/summary.md", "w").write(text + "\n")
 PY
+cat "$OUT/layout.txt" >>"$OUT/summary.md"
