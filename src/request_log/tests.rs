@@ -347,6 +347,38 @@ async fn the_log_survives_a_restart() {
     assert_eq!(ids, ["after", "before"]);
 }
 
+/// Records in the database file alone (a copy without its WAL); 0 while even the schema is only in
+/// the WAL.
+fn count_in_main_file(dir: &TempDir) -> i64 {
+    let copy = dir.0.join("copy.db");
+    std::fs::copy(dir.db(), &copy).unwrap();
+    let n = Connection::open(&copy)
+        .and_then(|conn| store::count(&conn))
+        .unwrap_or(0);
+    std::fs::remove_file(&copy).unwrap();
+    n
+}
+
+#[tokio::test]
+async fn each_batch_is_checkpointed_into_the_database_file() {
+    let dir = TempDir::new();
+    let (log, writer) = open(&config(&dir));
+    // SQLite's own checkpoint would wait for 1000 pages of WAL; the writer copies every batch.
+    for round in 1..=3 {
+        log.record(rec(&format!("r{round}")));
+        eventually("the batch in the database file", || {
+            count_in_main_file(&dir) == round
+        })
+        .await;
+    }
+    assert_eq!(
+        writer.shutdown(SHUTDOWN).await,
+        0,
+        "nothing was left to write"
+    );
+    assert_eq!(log.written_count(), 3);
+}
+
 #[tokio::test]
 async fn the_writer_applies_retention_by_age_and_by_rows() {
     let dir = TempDir::new();

@@ -12,7 +12,10 @@
 //! Batching: the first record of a batch starts a `linger` timer; when it fires what is queued is
 //! taken, up to `batch_max` per transaction (if a full batch is already waiting there is no linger).
 //! Sleeping through the linger rather than waking per record keeps `record()` free of thread wake-ups
-//! under load, and one transaction per linger keeps WAL growth and index page rewrites low.
+//! under load, and one transaction per linger keeps WAL growth and index page rewrites low. After
+//! each batch the writer checkpoints the WAL itself (SQLite's automatic checkpoint is off): a copy of
+//! one batch's pages, instead of SQLite's ~4 MB copy every 1000 pages inside a commit, which held the
+//! request threads' core for ~5 ms (`docs/BENCHMARKS.md`, session 8); the WAL stays small.
 //!
 //! Failure: a batch that fails with a transient error (lock, full disk) is kept and retried with
 //! backoff; meanwhile no more is taken off the queue, so the queue fills and `record()` sheds. A batch
@@ -213,6 +216,7 @@ impl Writer {
                     if attempts > 0 {
                         tracing::info!(attempts, records = n, "request log: write recovered");
                     }
+                    self.checkpoint();
                     return;
                 }
                 Err(e) if store::is_transient(&e) => {
@@ -244,6 +248,17 @@ impl Writer {
                     return;
                 }
             }
+        }
+    }
+
+    /// Checkpoints the WAL after a batch (the connection has automatic checkpoints off, see
+    /// `store::open_writer`). The core is yielded first: the commit before it and the copy are each a
+    /// burst a waiting request thread should not sit behind back to back. A failure (a reader holding
+    /// an old snapshot, say) leaves the frames for the next one.
+    fn checkpoint(&self) {
+        std::thread::yield_now();
+        if let Err(e) = store::checkpoint(&self.conn) {
+            tracing::debug!(error = %e, "request log: checkpoint failed");
         }
     }
 
