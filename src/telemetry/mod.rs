@@ -4,6 +4,7 @@
 
 pub mod background;
 pub mod call;
+pub mod json_log;
 pub mod metrics;
 pub mod otel;
 pub mod span_fields;
@@ -379,11 +380,8 @@ where
 {
     let layer = match format {
         LogFormat::Json => fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
             .fmt_fields(span_fields::JsonSpanFields)
+            .event_format(json_log::JsonEvent)
             .with_writer(writer)
             .boxed(),
         LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),

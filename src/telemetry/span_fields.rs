@@ -4,11 +4,12 @@
 //! Why not `tracing-subscriber`'s `JsonFields`: it collects every field into a `BTreeMap` of
 //! `serde_json::Value`s and serializes that map, for every span, when the span is created, on the
 //! request's own thread; callgrind (`bench/instructions.sh`) showed it as most of what creating the
-//! request span cost with the JSON log on. The event formatter (`format::Json`) only needs the same
-//! JSON object text, so this writes it directly; `tracing-subscriber` offers no cheaper JSON field
-//! formatter.
+//! request span cost with the JSON log on. The event formatter ([`super::json_log`]) only needs the
+//! same JSON object text, so this writes it directly; `tracing-subscriber` offers no cheaper JSON
+//! field formatter. The event formatter writes an event's own fields with the same [`Members`].
 
 use std::fmt;
+use std::fmt::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
@@ -50,7 +51,7 @@ impl<'w> FormatFields<'w> for JsonSpanFields {
 
 /// Writes `"name":value` members: the opening brace first unless `opened`, a comma before each but
 /// the `first`.
-struct Members<'a, 'w> {
+pub(super) struct Members<'a, 'w> {
     out: &'a mut Writer<'w>,
     first: bool,
     opened: bool,
@@ -58,7 +59,7 @@ struct Members<'a, 'w> {
 }
 
 impl<'a, 'w> Members<'a, 'w> {
-    fn new(out: &'a mut Writer<'w>, opened: bool, first: bool) -> Self {
+    pub(super) fn new(out: &'a mut Writer<'w>, opened: bool, first: bool) -> Self {
         Self {
             out,
             first,
@@ -84,6 +85,11 @@ impl<'a, 'w> Members<'a, 'w> {
             self.out.write_char(':')?;
             value(self.out)
         })();
+    }
+
+    /// The members written, for an object its caller goes on writing (the event line).
+    pub(super) fn finish(self) -> fmt::Result {
+        self.result
     }
 
     /// Ends the object (`{}` when there was no field at all).
@@ -118,26 +124,62 @@ impl Visit for Members<'_, '_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         // JSON has no NaN or infinity: those become strings.
         if value.is_finite() {
-            self.member(field, |out| write!(out, "{value}"));
+            // `ryu` (shortest round-trip digits, as `serde_json` writes floats) is several times
+            // cheaper than `Display` for f64, and these are per-line (latency, ttft, …).
+            self.member(field, |out| out.write_str(ryu::Buffer::new().format_finite(value)));
         } else {
             self.member(field, |out| write_json_string(out, &value.to_string()));
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.member(field, |out| write_json_string(out, &format!("{value:?}")));
+        // Formatted straight into the line, escaped on the way (messages, `%` and `?` fields).
+        self.member(field, |out| {
+            out.write_char('"')?;
+            write!(Escaped(&mut *out), "{value:?}")?;
+            out.write_char('"')
+        });
     }
 }
 
-/// `s` as a JSON string literal: as is when it needs no escaping (ids, names), else through
-/// `serde_json`.
-fn write_json_string(out: &mut Writer<'_>, s: &str) -> fmt::Result {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.write_char('"')?;
-        out.write_str(s)?;
-        out.write_char('"')
-    } else {
-        out.write_str(&serde_json::to_string(s).map_err(|_| fmt::Error)?)
+/// `s` as a JSON string literal.
+pub(super) fn write_json_string(out: &mut Writer<'_>, s: &str) -> fmt::Result {
+    out.write_char('"')?;
+    Escaped(&mut *out).write_str(s)?;
+    out.write_char('"')
+}
+
+/// Writes what it is given as the contents of a JSON string, escaped as `serde_json` escapes: `"`,
+/// `\` and control characters (`\n`-style where JSON has a short form, `\u00XX` otherwise); runs
+/// of other characters pass through in one write. By hand because `serde_json` escapes only into an
+/// `io::Write`, and a log line is a `fmt::Write`; a test compares the two on every ASCII character.
+struct Escaped<'a, 'w>(&'a mut Writer<'w>);
+
+impl fmt::Write for Escaped<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let short = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            // Escaped bytes are ASCII, so `i` is a character boundary.
+            self.0.write_str(&s[start..i])?;
+            if short.is_empty() {
+                write!(self.0, "\\u{b:04x}")?;
+            } else {
+                self.0.write_str(short)?;
+            }
+            start = i + 1;
+        }
+        self.0.write_str(&s[start..])
     }
 }
 
@@ -226,5 +268,16 @@ mod tests {
         assert_eq!(lines[2]["span"]["name"], "empty");
         assert_eq!(lines[3]["span"]["a"], 1);
         assert_eq!(lines[3]["span"]["b"], "two");
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut every_ascii: String = (0_u8..=0x7f).map(char::from).collect();
+        every_ascii.push_str("✓ é 🦀 \"quoted\" back\\slash");
+        for s in [every_ascii.as_str(), "", "plain", "\u{1f}\n", "ends with \\"] {
+            let mut ours = String::new();
+            write_json_string(&mut Writer::new(&mut ours), s).unwrap();
+            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
     }
 }
