@@ -18,9 +18,8 @@
 //! responses rather than by holding up Sluice's request thread. The price of normal priority, on a
 //! single shared core, is that a background burst may hold the core for a scheduler slice (it
 //! raised non-streaming p99 by ~1 ms in the same-run comparison, until the yields below): chosen as
-//! the bounded cost
-//! (`bench/stalls.sh`, `docs/BENCHMARKS.md` "Session 6", which says how to reopen the question). A
-//! background thread that falls behind under overload is still bounded: this queue
+//! the bounded cost (`bench/stalls.sh`, `docs/BENCHMARKS.md` "Session 6", which says how to reopen
+//! the question). A background thread that falls behind under overload is still bounded: this queue
 //! runs jobs inline when full, the other queues shed and count.
 //!
 //! **Cooperative: every background thread yields the core every ~15–30 µs of work** ([`Pacer`]:
