@@ -19,6 +19,7 @@
 use std::fmt;
 
 use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
@@ -41,7 +42,9 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // Records of the `log` crate (bridged by `tracing-log`) carry their own target and level.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         writer.write_str("{\"timestamp\":\"")?;
         // RFC 3339 in UTC with microseconds: nothing in it needs escaping.
         SystemTime.format_time(&mut writer)?;
@@ -125,6 +128,10 @@ mod tests {
         late.record("a", 7_u64);
         tracing::info!(parent: &late, "explicit parent");
         tracing::info!("outside: {} {}", 1, "two");
+        // A `log` record, as libraries using `log` emit them (the subscriber's `try_init` installs
+        // the bridge in the binary; another test may have installed it already).
+        drop(tracing_log::LogTracer::init());
+        log::warn!(target: "some_crate::module", "from the log crate");
     }
 
     #[test]
@@ -149,7 +156,7 @@ mod tests {
             );
         tracing::subscriber::with_default(subscriber, emit);
         let (mut ours, mut theirs) = (ours.lines(), theirs.lines());
-        assert_eq!(ours.len(), 5, "{ours:?}");
+        assert_eq!(ours.len(), 6, "{ours:?}");
         for line in ours.iter_mut().chain(theirs.iter_mut()) {
             let stamp = line
                 .as_object_mut()
@@ -177,5 +184,8 @@ mod tests {
         assert_eq!(ours[3]["span"]["a"], 7);
         assert_eq!(ours[4]["message"], "outside: 1 two");
         assert_eq!(ours[4]["target"], module_path!());
+        assert_eq!(ours[5]["target"], "some_crate::module");
+        assert_eq!(ours[5]["level"], "WARN");
+        assert_eq!(ours[5]["message"], "from the log crate");
     }
 }

@@ -126,7 +126,9 @@ impl Visit for Members<'_, '_> {
         if value.is_finite() {
             // `ryu` (shortest round-trip digits, as `serde_json` writes floats) is several times
             // cheaper than `Display` for f64, and these are per-line (latency, ttft, …).
-            self.member(field, |out| out.write_str(ryu::Buffer::new().format_finite(value)));
+            self.member(field, |out| {
+                out.write_str(ryu::Buffer::new().format_finite(value))
+            });
         } else {
             self.member(field, |out| write_json_string(out, &value.to_string()));
         }
@@ -274,7 +276,13 @@ mod tests {
     fn strings_are_escaped_as_serde_json_escapes_them() {
         let mut every_ascii: String = (0_u8..=0x7f).map(char::from).collect();
         every_ascii.push_str("✓ é 🦀 \"quoted\" back\\slash");
-        for s in [every_ascii.as_str(), "", "plain", "\u{1f}\n", "ends with \\"] {
+        for s in [
+            every_ascii.as_str(),
+            "",
+            "plain",
+            "\u{1f}\n",
+            "ends with \\",
+        ] {
             let mut ours = String::new();
             write_json_string(&mut Writer::new(&mut ours), s).unwrap();
             assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
