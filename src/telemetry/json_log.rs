@@ -84,7 +84,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::{Arc, Mutex};
 
     use serde_json::Value;
@@ -92,8 +92,9 @@ mod tests {
 
     use super::*;
 
+    /// Captures log output; [`Buf::lines`] parses it, one JSON value per line.
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    pub(in crate::telemetry) struct Buf(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -106,7 +107,7 @@ mod tests {
     }
 
     impl Buf {
-        fn lines(&self) -> Vec<Value> {
+        pub(in crate::telemetry) fn lines(&self) -> Vec<Value> {
             let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
             text.lines()
                 .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

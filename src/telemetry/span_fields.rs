@@ -187,25 +187,13 @@ impl fmt::Write for Escaped<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use tracing_subscriber::prelude::*;
 
+    use super::super::json_log::tests::Buf;
     use super::*;
 
     /// Log lines of a JSON layer using [`JsonSpanFields`], as parsed JSON.
     fn lines(emit: impl FnOnce()) -> Vec<serde_json::Value> {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let buf = Buf::default();
         let out = buf.clone();
         let subscriber = tracing_subscriber::registry().with(
@@ -218,10 +206,7 @@ mod tests {
                 .with_writer(move || out.clone()),
         );
         tracing::subscriber::with_default(subscriber, emit);
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
+        buf.lines()
     }
 
     #[test]
