@@ -144,9 +144,7 @@ fn run(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<(), InitError>
     if let Some(addr) = listen {
         config.server.listen = addr;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = telemetry::background::server_runtime()?;
     runtime.block_on(async move {
         // Inside the runtime: the OTLP exporter needs one.
         let telemetry = telemetry::init(&config.log, &config.telemetry.otel)

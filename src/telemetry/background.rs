@@ -39,12 +39,27 @@
 //! nothing is lost and the queue cannot grow. A steady stream of jobs does not wake the thread once
 //! per job: after a job it takes what is queued and waits [`LINGER`] for more before blocking again.
 //!
+//! **First choice: the runtime's idle time** ([`on_worker_park`]). A job queued on a Tokio worker of
+//! the server's runtime ([`server_runtime`]) waits in a small queue ([`IDLE_QUEUE_JOBS`]) until a
+//! worker has nothing left to run and is about to sleep; it runs there, a few jobs per park
+//! ([`JOBS_PER_PARK`]). A burst of requests is served back to back and its jobs run in the gap after
+//! it, with no thread to wake and no context switch. The telemetry thread above takes what the idle
+//! queue cannot hold (workers that seldom go idle: saturation) and sweeps it every [`SWEEP`], so a job
+//! waits at most that long when no worker goes idle. Why: with everything on, `bench/schedprobe.sh`
+//! (session 9, at 2,000 requests/s on one core) found the telemetry thread, woken once per request or
+//! per millisecond, running ~7,000 times in 3 s while the request thread was waiting for the core:
+//! more of its waiting than every other thread's together.
+//!
 //! Not `tracing-appender` or a crate's thread pool: the jobs are closures over a call's data, and the
 //! run-inline-when-full rule and the linger are the point; std's bounded channel does the rest.
 
-use std::sync::OnceLock;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::time::Duration;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
+use std::sync::{LazyLock, OnceLock};
+use std::time::{Duration, Instant};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -59,6 +74,103 @@ pub const LINGER: Duration = Duration::from_millis(1);
 /// non-streaming p99 at 1.49× of `off`, every job (and 4, 4) at 1.07×, same CPU
 /// (obs-20261128T020202Z).
 pub const JOBS_PER_YIELD: u32 = 1;
+
+/// Jobs waiting for a worker's idle time before new ones go to the telemetry thread. Small: at 2,000
+/// requests/s a worker goes idle after about every request, so this holds one or two jobs; a full
+/// queue means the workers are busy, and then the thread is the better place.
+pub const IDLE_QUEUE_JOBS: usize = 64;
+
+/// Jobs a worker runs each time it is about to sleep (~10–20 µs each): a request arriving meanwhile
+/// waits at most that long. What is left runs at the next park or the next [`SWEEP`].
+pub const JOBS_PER_PARK: usize = 4;
+
+/// How often the telemetry thread runs what waits in the idle queue, for when no worker goes idle.
+pub const SWEEP: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// True on a worker that runs [`on_worker_park`]: jobs queued here wait for the idle time.
+    static IDLE_RUNNER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Jobs for the workers' idle time; multi-consumer, since any worker that goes idle may take them.
+static IDLE: LazyLock<(
+    crossbeam_channel::Sender<Job>,
+    crossbeam_channel::Receiver<Job>,
+)> = LazyLock::new(|| crossbeam_channel::bounded(IDLE_QUEUE_JOBS));
+
+/// Idle-queue jobs taken but not yet finished, so that [`drain`] can wait for them.
+static IDLE_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// The server's runtime: multi-threaded, its workers running queued telemetry jobs when they go idle.
+/// `TOKIO_WORKER_THREADS` sets the worker count, as for any Tokio runtime.
+///
+/// # Errors
+/// When the runtime cannot be started (threads, the I/O driver).
+pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    server_runtime_builder().build()
+}
+
+/// [`server_runtime`]'s builder: every thread of the runtime queues its jobs for the idle time
+/// ([`on_thread_start`]), and every worker runs them when it is about to sleep ([`on_worker_park`]).
+pub fn server_runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .enable_all()
+        .on_thread_start(on_thread_start)
+        .on_thread_park(on_worker_park);
+    builder
+}
+
+/// Tokio's `on_thread_start` hook: jobs queued on this thread wait for a worker's idle time. (On the
+/// runtime's blocking threads too, which never park: their jobs run at a worker's next park.)
+pub fn on_thread_start() {
+    IDLE_RUNNER.set(true);
+}
+
+/// Tokio's `on_thread_park` hook, run on a worker with nothing left to run, just before it sleeps:
+/// runs up to [`JOBS_PER_PARK`] queued jobs.
+pub fn on_worker_park() {
+    run_idle_jobs(JOBS_PER_PARK);
+}
+
+/// Runs up to `limit` jobs from the idle queue on this thread; how many ran.
+fn run_idle_jobs(limit: usize) -> usize {
+    let mut ran = 0;
+    while ran < limit {
+        let Some(job) = take_idle_job() else { break };
+        job.call();
+        ran += 1;
+    }
+    ran
+}
+
+/// The next job of the idle queue, counted in [`IDLE_RUNNING`] until it has run (or been dropped).
+fn take_idle_job() -> Option<IdleJob> {
+    IDLE_RUNNING.fetch_add(1, Ordering::AcqRel);
+    if let Ok(job) = IDLE.1.try_recv() {
+        Some(IdleJob(Some(job)))
+    } else {
+        IDLE_RUNNING.fetch_sub(1, Ordering::AcqRel);
+        None
+    }
+}
+
+/// A job taken from the idle queue; [`drain`] waits for it until it has run or is dropped.
+struct IdleJob(Option<Job>);
+
+impl IdleJob {
+    fn call(mut self) {
+        if let Some(job) = self.0.take() {
+            job();
+        }
+    }
+}
+
+impl Drop for IdleJob {
+    fn drop(&mut self) {
+        IDLE_RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Counts units of background work and yields the core after every `every` of them, so that a
 /// request thread waiting for the core gets it within that much work (see the module docs).
@@ -109,9 +221,24 @@ fn queue() -> Option<&'static SyncSender<Job>> {
         .as_ref()
 }
 
-/// Runs `job` on the telemetry thread, or right here when its queue is full.
+/// Runs `job` later: in a worker's idle time when called on a worker of [`server_runtime`], else (or
+/// when the idle queue is full) on the telemetry thread, or right here when its queue is full too.
 pub fn run(job: impl FnOnce() + Send + 'static) {
-    let job: Job = Box::new(job);
+    let mut job: Job = Box::new(job);
+    if IDLE_RUNNER.get() {
+        // The thread sweeps the idle queue, so it must exist.
+        if queue().is_some() {
+            match IDLE.0.try_send(job) {
+                Ok(()) => return,
+                Err(e) => job = e.into_inner(),
+            }
+        }
+    }
+    to_thread(job);
+}
+
+/// Runs `job` on the telemetry thread, or right here when its queue is full.
+fn to_thread(job: Job) {
     match queue() {
         Some(tx) => match tx.try_send(job) {
             Ok(()) => {}
@@ -122,13 +249,26 @@ pub fn run(job: impl FnOnce() + Send + 'static) {
 }
 
 /// Waits (blocking, up to `timeout`) until every job queued before this call has run: at shutdown,
-/// before the spans are flushed and the log writer stops. False on timeout.
+/// before the spans are flushed and the log writer stops. Runs what waits for a worker's idle time
+/// on the calling thread. False on timeout.
 pub fn drain(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while run_idle_jobs(IDLE_QUEUE_JOBS) > 0 {}
+    // A worker may have taken a job just before: it runs for microseconds.
+    while IDLE_RUNNING.load(Ordering::Acquire) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::yield_now();
+    }
     let (done_tx, done_rx) = sync_channel::<()>(1);
-    run(move || {
+    let job: Job = Box::new(move || {
         done_tx.send(()).ok();
     });
-    done_rx.recv_timeout(timeout).is_ok()
+    to_thread(job);
+    done_rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .is_ok()
 }
 
 fn work(rx: &Receiver<Job>) {
@@ -137,7 +277,23 @@ fn work(rx: &Receiver<Job>) {
         job();
         pacer.tick();
     };
-    while let Ok(job) = rx.recv() {
+    // Idle-queue jobs, paced like the thread's own.
+    let run_idle = || {
+        while let Some(job) = take_idle_job() {
+            job.call();
+            std::thread::yield_now();
+        }
+    };
+    loop {
+        let job = match rx.recv_timeout(SWEEP) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                // No worker went idle for a while (or none is ours): run what waits for one.
+                run_idle();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         run(job);
         // Busy: run what is queued, then give the next jobs a moment to arrive, so that a steady
         // stream is taken in batches instead of each `run` waking this thread.
@@ -149,6 +305,8 @@ fn work(rx: &Receiver<Job>) {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
+            // Jobs come here when the idle queue is full: the workers are busy, so take those too.
+            run_idle();
             std::thread::sleep(LINGER);
             match rx.try_recv() {
                 Ok(job) => run(job),
@@ -164,6 +322,60 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    #[test]
+    fn jobs_queued_on_a_server_worker_run_when_it_goes_idle() {
+        let runtime = server_runtime_builder()
+            .worker_threads(1)
+            .thread_name("idle-test-worker")
+            .build()
+            .unwrap();
+        let (tx, rx) = sync_channel(8);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let task_busy = Arc::clone(&busy);
+        runtime.spawn(async move {
+            for i in 0..3 {
+                let tx = tx.clone();
+                let busy = Arc::clone(&task_busy);
+                run(move || {
+                    let name = std::thread::current().name().map(str::to_owned);
+                    tx.send((i, name, busy.load(Ordering::SeqCst))).unwrap();
+                });
+            }
+            // Still this task's poll: the worker is busy, so none of them may have run.
+            task_busy.store(false, Ordering::SeqCst);
+        });
+        let got: Vec<_> = (0..3)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        for (i, (n, name, busy_then)) in got.into_iter().enumerate() {
+            assert_eq!(n, i, "in order");
+            assert_eq!(name.as_deref(), Some("idle-test-worker"), "on the worker");
+            assert!(!busy_then, "only once the worker had nothing left to run");
+        }
+    }
+
+    #[test]
+    fn idle_jobs_run_without_a_worker_going_idle_and_drain_runs_them() {
+        IDLE_RUNNER.set(true);
+        let caller = std::thread::current().id();
+        // No worker here: the telemetry thread's sweep runs it.
+        let (tx, rx) = sync_channel(1);
+        run(move || tx.send(std::thread::current().id()).unwrap());
+        let ran_on = rx.recv_timeout(SWEEP * 100).unwrap();
+        assert_ne!(ran_on, caller);
+        // Queued, then drained: drain runs what waits in the idle queue before it returns.
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..IDLE_QUEUE_JOBS / 2 {
+            let ran = Arc::clone(&ran);
+            run(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        assert!(drain(Duration::from_secs(10)));
+        assert_eq!(ran.load(Ordering::SeqCst), IDLE_QUEUE_JOBS / 2);
+        IDLE_RUNNER.set(false);
+    }
 
     #[test]
     fn a_pacer_yields_after_every_nth_unit() {

@@ -109,5 +109,16 @@ async fn the_binary_drains_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+    // The stream's request-log record, queued for the binary's worker's idle time
+    // (`telemetry::background`), was written before it exited.
+    let db = rusqlite::Connection::open(dir.join("requests.db")).unwrap();
+    let (rows, streams, ok): (i64, i64, i64) = db
+        .query_row(
+            "SELECT count(*), sum(stream), sum(status = 200) FROM requests",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, streams, ok), (1, 1, 1));
     std::fs::remove_dir_all(dir).ok();
 }
