@@ -48,8 +48,8 @@
 //! queue cannot hold (workers that seldom go idle: saturation) and sweeps it every [`SWEEP`], so a job
 //! waits at most that long when no worker goes idle. Why: with everything on, `bench/schedprobe.sh`
 //! (session 9, at 2,000 requests/s on one core) found the telemetry thread, woken once per request or
-//! per millisecond, running ~7,000 times in 3 s while the request thread was waiting for the core:
-//! more of its waiting than every other thread's together.
+//! per millisecond, the thread that most often held the core while the request thread waited for it
+//! (1,000–6,900 times in 3 s; `docs/BENCHMARKS.md`, "Session 9").
 //!
 //! Not `tracing-appender` or a crate's thread pool: the jobs are closures over a call's data, and the
 //! run-inline-when-full rule and the linger are the point; std's bounded channel does the rest.
@@ -147,6 +147,10 @@ fn run_idle_jobs(limit: usize) -> usize {
 
 /// The next job of the idle queue, counted in [`IDLE_RUNNING`] until it has run (or been dropped).
 fn take_idle_job() -> Option<IdleJob> {
+    // Most parks find nothing queued: no atomic read-modify-write for them.
+    if IDLE.1.is_empty() {
+        return None;
+    }
     IDLE_RUNNING.fetch_add(1, Ordering::AcqRel);
     if let Ok(job) = IDLE.1.try_recv() {
         Some(IdleJob(Some(job)))
