@@ -25,9 +25,10 @@
 //!
 //! **Cooperative: every background thread yields the core every ~15–30 µs of work** ([`Pacer`]:
 //! this thread after every job, the request-log writer every 4 records, the log writer every 4
-//! lines). A thread at normal priority that has the core keeps it until its scheduler slice is used
-//! up (about 1.4 ms here, checked at the next 250 Hz tick) even when a request thread wakes up,
-//! because the request thread, the heavier user of the core, is usually not owed time.
+//! messages, a message being a line or a batch of access lines). A thread at normal priority that
+//! has the core keeps it until its scheduler slice is used up (about 1.4 ms here, checked at the
+//! next 250 Hz tick) even when a request thread wakes up, because the request thread, the heavier
+//! user of the core, is usually not owed time.
 //! `sched_yield` ends that: a waiting request thread runs next. Measured on one shared core
 //! (session 7, `docs/BENCHMARKS.md`): the request log alone, yielding every 16 records, went from
 //! 1.91× to 1.06× of `off`'s added p99 (non-streaming) with the same CPU, where smaller
@@ -290,6 +291,8 @@ fn work(rx: &Receiver<Job>) {
         }
     };
     loop {
+        // About to wait: the access lines that wait for a batch go out (every `SWEEP` at most).
+        super::log_batch::flush();
         let job = match rx.recv_timeout(SWEEP) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {

@@ -5,6 +5,7 @@
 pub mod background;
 pub mod call;
 pub mod json_log;
+pub mod log_batch;
 pub mod metrics;
 pub mod otel;
 pub mod span_fields;
@@ -241,40 +242,56 @@ pub fn request_spans(
 pub struct TelemetryGuard {
     /// The OTLP exporter, when trace export is configured.
     pub otel: Option<otel::OtelGuard>,
+    /// Declared before `log`: dropped first, it sends the access lines that wait to the writer
+    /// thread before the writer thread stops (also when the guard is dropped without `shutdown`).
+    batched: FlushOnDrop,
     log: tracing_appender::non_blocking::WorkerGuard,
-    dropped_lines: tracing_appender::non_blocking::ErrorCounter,
+}
+
+/// The access-line batcher, flushed when dropped.
+struct FlushOnDrop(log_batch::Batched<tracing_appender::non_blocking::NonBlocking>);
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
 }
 
 impl TelemetryGuard {
-    /// Log lines dropped because the writer thread was behind (see [`LOG_BUFFER_LINES`]).
+    /// Log lines dropped because the writer thread was behind (see [`LOG_BUFFER_MESSAGES`]).
     pub fn dropped_log_lines(&self) -> usize {
-        self.dropped_lines.dropped_lines()
+        self.batched.0.dropped_lines()
     }
 
     /// Writes what the telemetry thread still holds, then flushes spans, then the log lines queued.
     pub async fn shutdown(self) {
+        let Self { otel, batched, log } = self;
         if !drain_background(std::time::Duration::from_secs(5)).await {
             tracing::warn!(
                 "telemetry thread not drained at shutdown: some spans or access lines may be lost"
             );
         }
-        if let Some(otel) = self.otel
+        if let Some(otel) = otel
             && let Err(e) = otel.shutdown().await
         {
             tracing::warn!(error = %e, "span export incomplete at shutdown");
         }
-        let dropped = self.dropped_lines.dropped_lines();
+        let dropped = batched.0.dropped_lines();
         if dropped > 0 {
             tracing::warn!(dropped, "log lines dropped because stdout was too slow");
         }
-        // Dropping the worker guard writes out what is queued (bounded by the appender's own timeout).
-        drop(self.log);
+        // The access lines that wait go to the writer thread; dropping the worker guard then writes
+        // out what is queued (bounded by the appender's own timeout).
+        drop(batched);
+        drop(log);
     }
 }
 
-/// Log lines queued for the writer thread before new ones are dropped (counted, see
-/// [`TelemetryGuard::dropped_log_lines`]); a stalled stdout can never block or grow a request.
-pub const LOG_BUFFER_LINES: usize = 64 * 1024;
+/// Messages queued for the log writer thread before new ones are dropped (counted, see
+/// [`TelemetryGuard::dropped_log_lines`]); a stalled stdout can never block or grow a request. A
+/// message is a line, or a batch of access lines of up to [`log_batch::BATCH_BYTES`]
+/// ([`log_batch`]): at most ~32 MiB queued.
+pub const LOG_BUFFER_MESSAGES: usize = 2 * 1024;
 
 /// Installs the global subscriber: the configured log format on stdout, written by a background thread
 /// (the request path only formats and queues a line); and the OpenTelemetry tracer when configured.
@@ -287,34 +304,35 @@ pub fn init(
     let otel = otel::init(otel_config)?;
     let (writer, log) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .buffered_lines_limit(LOG_BUFFER_MESSAGES)
         .thread_name("sluice-log-writer")
         .finish(BackgroundWriter::new(std::io::stdout()));
-    let dropped_lines = writer.error_counter();
+    let batched = log_batch::Batched::appender(writer);
+    log_batch::register(&batched);
     install(
         config,
         otel.as_ref(),
-        writer,
+        batched.clone(),
         std::io::stdout().is_terminal(),
     );
     Ok(TelemetryGuard {
         otel,
+        batched: FlushOnDrop(batched),
         log,
-        dropped_lines,
     })
 }
 
-/// The log writer thread's output. The appender's thread takes every queued line, then flushes once
-/// its queue is empty: with a buffer in between, a burst of lines is one `write` to stdout instead of
-/// one per line. If it falls behind, the bounded queue drops lines and counts them. Like every
-/// background thread it keeps the normal priority and yields the core every [`LINES_PER_YIELD`]
-/// lines (see [`background`] for why).
+/// The log writer thread's output. The appender's thread takes every queued message (a line, or a
+/// batch of access lines: [`log_batch`]), then flushes once its queue is empty: with a buffer in
+/// between, a burst is one `write` to stdout. If it falls behind, the bounded queue drops messages and
+/// counts them. Like every background thread it keeps the normal priority and yields the core every
+/// [`LINES_PER_YIELD`] messages (see [`background`] for why).
 struct BackgroundWriter<W: std::io::Write> {
     inner: std::io::BufWriter<W>,
     pacer: background::Pacer,
 }
 
-/// Lines the log writer thread writes between yields of the core.
+/// Messages the log writer thread writes between yields of the core.
 const LINES_PER_YIELD: u32 = 4;
 
 impl<W: std::io::Write> BackgroundWriter<W> {
@@ -430,5 +448,38 @@ mod tests {
         assert!(writer.inner.get_ref().is_empty(), "buffered, not written");
         writer.flush().unwrap();
         assert_eq!(writer.inner.get_ref().as_slice(), b"{\"a\":1}\n{\"b\":2}\n");
+    }
+
+    /// A sink for the appender's thread that can be read after the thread stopped.
+    #[derive(Clone, Default)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn access_lines_waiting_for_a_batch_are_written_when_the_guard_goes() {
+        let sink = Sink::default();
+        let (appender, log) = tracing_appender::non_blocking(sink.clone());
+        let batched = log_batch::Batched::appender(appender);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(batched.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: ACCESS_TARGET, "request served");
+        });
+        // The guard's order: the batch first, then the appender's thread.
+        drop(FlushOnDrop(batched));
+        drop(log);
+        let written = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(written.contains("request served"), "{written:?}");
     }
 }

@@ -276,6 +276,21 @@ pub async fn spawn_sluice(
     dir: &std::path::Path,
     env: &[(&str, &str)],
 ) -> (std::process::Child, String) {
+    let (child, addr, _log) = spawn_sluice_logging(config, dir, env).await;
+    (child, addr)
+}
+
+/// [`spawn_sluice`], also returning every JSON record the binary writes to stdout, in order; the
+/// channel ends when stdout closes (the process exited).
+pub async fn spawn_sluice_logging(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    String,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
@@ -292,6 +307,7 @@ pub async fn spawn_sluice(
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         // Keeps reading to the end, so the child never blocks on a full pipe.
@@ -305,11 +321,13 @@ pub async fn spawn_sluice(
             {
                 let _ = tx.send(record["addr"].as_str().unwrap().to_owned());
             }
+            // No one may be listening (`spawn_sluice`).
+            let _ = log_tx.send(record);
         }
     });
     let addr = tokio::time::timeout(Duration::from_secs(20), rx)
         .await
         .expect("sluice started")
         .unwrap();
-    (child, addr)
+    (child, addr, log_rx)
 }

@@ -82,8 +82,27 @@ async fn the_binary_drains_on_sigterm() {
     let text =
         sluice::config::DEFAULT_CONFIG.replace("token_delay = \"0ms\"", "token_delay = \"50ms\"");
     std::fs::write(&config, text).unwrap();
-    let (mut child, addr) = crate::common::spawn_sluice(&config, &dir, &[]).await;
+    let (mut child, addr, log) = crate::common::spawn_sluice_logging(&config, &dir, &[]).await;
     let client = reqwest::Client::new();
+    // A first call's access line reaches stdout while the gateway runs (access lines wait for a
+    // batch, `telemetry::log_batch`, at most until the telemetry thread's next sweep).
+    let first = client
+        .post(format!("http://{addr}/v1/embeddings"))
+        .bearer_auth("sk-sluice-demo")
+        .json(&serde_json::json!({"model": "mock-embed", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let first_line = loop {
+        let record = log
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the first call's access line while the gateway runs");
+        if record["target"] == sluice::telemetry::ACCESS_TARGET {
+            break record;
+        }
+    };
+    assert_eq!(first_line["route"], "/v1/embeddings", "{first_line}");
     let resp = client
         .post(format!("http://{addr}/v1/chat/completions"))
         .bearer_auth("sk-sluice-demo")
@@ -119,6 +138,14 @@ async fn the_binary_drains_on_sigterm() {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    assert_eq!((rows, streams, ok), (1, 1, 1));
+    assert_eq!((rows, streams, ok), (2, 1, 2));
+    // The stream's access line, which waited for a batch when the drain wrote it, is on stdout too.
+    let access: Vec<serde_json::Value> = log
+        .iter()
+        .filter(|r| r["target"] == sluice::telemetry::ACCESS_TARGET)
+        .collect();
+    assert_eq!(access.len(), 1, "{access:?}");
+    assert_eq!(access[0]["route"], "/v1/chat/completions");
+    assert_eq!(access[0]["stream"], true);
     std::fs::remove_dir_all(dir).ok();
 }
