@@ -23,16 +23,17 @@
 //! **Batching and overload.** The processor keeps finished spans in a bounded queue (2048 spans by
 //! default, `OTEL_BSP_MAX_QUEUE_SIZE`) and exports batches of up to 64 ([`DEFAULT_EXPORT_BATCH_SIZE`],
 //! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`) every 5 s (`OTEL_BSP_SCHEDULE_DELAY`) or as soon as a batch is full,
-//! from its own thread; the HTTP requests run on a one-thread runtime of their own (see
-//! `export_runtime`). When the queue is full, new spans are
+//! from its own thread, which also sends the HTTP requests (see `export_runtime`). When the queue is
+//! full, new spans are
 //! **dropped** — that is the SDK's behaviour, so a slow or dead collector never blocks or grows a request
 //! path; the SDK logs the first drop and the total at shutdown (target `opentelemetry_sdk`).
 //!
 //! **Why a custom HTTP client.** The thread-based processor drives exports with a plain `block_on` on its
-//! own thread, where an async client finds no tokio reactor. [`init`] therefore captures the current
-//! tokio runtime and runs each export request on it (a short task, awaited by the exporter and bounded by
-//! `export_timeout`), with a dedicated `reqwest` 0.12 client: the gateway's own HTTP stack and rustls, no
-//! second copy of reqwest or hyper. gRPC uses tonic's channel, which also lives on that runtime.
+//! own thread, where an async client finds no tokio reactor. The OTLP/HTTP client therefore carries a
+//! current-thread tokio runtime and sends each export request inside it, on that same thread (bounded
+//! by `export_timeout`), with a dedicated `reqwest` 0.12 client: the gateway's own HTTP stack and
+//! rustls, no second copy of reqwest or hyper. gRPC uses tonic's channel, which lives on the server's
+//! runtime.
 //!
 //! **Semantic conventions.** Attribute names follow the OpenTelemetry GenAI semantic conventions
 //! ([`attr::SEMCONV_VERSION`], status "Development"): one span per model call, named
@@ -403,27 +404,28 @@ impl OtelGuard {
     }
 }
 
-/// Runs OTLP/HTTP requests on the exporter's own one-thread runtime, for an exporter that is driven
-/// from the batch processor's own thread.
+/// Runs OTLP/HTTP requests in the exporter's own current-thread runtime, for an exporter that is
+/// driven from the batch processor's own thread.
 #[derive(Debug)]
 struct RuntimeHttpClient {
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
 }
 
-/// The runtime OTLP/HTTP exports run on: one thread, named `sluice-otlp`, off the request workers
-/// (a batch's export must not hold up the requests queued behind it on a worker). Normal priority,
-/// like every background thread (see `telemetry::background` for why not lower). Under sustained
-/// overload the export falls behind and the batch queue drops spans (the SDK counts them), which is
-/// the right order of sacrifice for telemetry.
+/// The runtime OTLP/HTTP exports run in: current-thread, driven by the batch processor's thread while
+/// it sends a batch, so a batch is encoded and sent by one thread, off the request workers (an export
+/// must not hold up the requests queued behind it on a worker). Until session 10 it was a runtime
+/// with a thread of its own (`sluice-otlp`): every export woke that thread and waited for it, and
+/// `perf` found a third of its time in context switches (`docs/BENCHMARKS.md`, "Session 10"). The
+/// pooled connection is driven only while a batch is sent; between batches the server may close it
+/// and the next request opens another. Under sustained overload the export falls behind and the
+/// batch queue drops spans (the SDK counts them), which is the right order of sacrifice for
+/// telemetry.
 fn export_runtime() -> Result<tokio::runtime::Runtime, OtelError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(1)
-        .thread_name("sluice-otlp")
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| OtelError::Invalid(format!("cannot start the OTLP export thread: {e}")))
+        .map_err(|e| OtelError::Invalid(format!("cannot start the OTLP export runtime: {e}")))
 }
 
 #[async_trait::async_trait]
@@ -432,11 +434,12 @@ impl HttpClient for RuntimeHttpClient {
         &self,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, HttpError> {
-        // This runs on the batch processor's thread, which also encodes the batches.
+        // This runs on the batch processor's thread, which also encodes the batches, inside the
+        // executor the SDK drives exports with (not a tokio runtime): blocking it here is what the
+        // thread is for. Bounded by the client's timeout.
         let request = reqwest::Request::try_from(request)?;
-        let client = self.client.clone();
-        // Awaited right here and bounded by the client's timeout: it cannot outlive the export.
-        let task = self.runtime.spawn(async move {
+        let client = &self.client;
+        self.runtime.block_on(async move {
             let mut response = client.execute(request).await?;
             let mut builder = http::Response::builder().status(response.status());
             if let Some(headers) = builder.headers_mut() {
@@ -450,8 +453,7 @@ impl HttpClient for RuntimeHttpClient {
                 body.extend_from_slice(&chunk);
             }
             Ok(builder.body(Bytes::from(body))?)
-        });
-        task.await?
+        })
     }
 }
 
