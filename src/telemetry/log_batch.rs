@@ -7,13 +7,15 @@
 //! Why: the appender's thread (`tracing-appender`) blocks on its queue, so every line sent while it
 //! sleeps wakes it: one futex wake on the sending thread, two context switches and a `write` to stdout
 //! per access line, 2,000 times a second at 2,000 requests/s, on the core the request thread runs on.
-//! `bench/observability.sh` (session 10) put the writer thread at ~9.5 µs of CPU per request and a
-//! preemption of the request thread every few requests. In batches of 16 KiB (~25 access lines) it
-//! wakes ~80 times a second. (A linger in the writer thread, session 8, moved timer wake-ups onto the
+//! `bench/observability.sh` (session 10) put the writer thread at ~9.5 µs of CPU per request, preempted
+//! ~140 times per 1,000 requests (woken for nearly every line). In batches of 16 KiB (~35 JSON access
+//! lines of ~470 bytes) it wakes ~60 times a second at 2,000 requests/s: 2.1–2.4 µs per request, ~25
+//! preemptions per 1,000. (A linger in the writer thread, session 8, moved timer wake-ups onto the
 //! request thread instead; this adds no timer.)
 //!
 //! The price: an access line may reach stdout up to ~100 ms after its request ended; a process killed
-//! without a shutdown (SIGKILL, abort) loses the lines that wait (the request log has the same records).
+//! without a shutdown (SIGKILL, abort) loses the lines that wait, as the request log loses the batch
+//! its writer has not written yet.
 //!
 //! Not a crate: `tracing-appender` has no batching of its own, and the rule of which lines may wait
 //! is ours.
