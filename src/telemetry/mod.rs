@@ -450,28 +450,14 @@ mod tests {
         assert_eq!(writer.inner.get_ref().as_slice(), b"{\"a\":1}\n{\"b\":2}\n");
     }
 
-    /// A sink for the appender's thread that can be read after the thread stopped.
-    #[derive(Clone, Default)]
-    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn access_lines_waiting_for_a_batch_are_written_when_the_guard_goes() {
-        let sink = Sink::default();
+        let sink = json_log::tests::Buf::default();
         let (appender, log) = tracing_appender::non_blocking(sink.clone());
         let batched = log_batch::Batched::appender(appender);
         let subscriber = tracing_subscriber::fmt()
+            .json()
             .with_writer(batched.clone())
-            .with_ansi(false)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: ACCESS_TARGET, "request served");
@@ -479,7 +465,8 @@ mod tests {
         // The guard's order: the batch first, then the appender's thread.
         drop(FlushOnDrop(batched));
         drop(log);
-        let written = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        assert!(written.contains("request served"), "{written:?}");
+        let lines = sink.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["fields"]["message"], "request served", "{lines:?}");
     }
 }
