@@ -417,8 +417,11 @@ struct RuntimeHttpClient {
 /// must not hold up the requests queued behind it on a worker). Until session 10 it was a runtime
 /// with a thread of its own (`sluice-otlp`): every export woke that thread and waited for it, and
 /// `perf` found a third of its time in context switches (`docs/BENCHMARKS.md`, "Session 10"). The
-/// pooled connection is driven only while a batch is sent; between batches the server may close it
-/// and the next request opens another. Under sustained overload the export falls behind and the
+/// pooled connection is driven only while a batch is sent, so a close by the collector between
+/// batches (an idle timeout) is only seen at the next export: each export first yields once, which
+/// lets the connection's task read the close, so the request goes on a new connection instead of
+/// failing on the dead one (test `an_export_after_the_collector_closed_the_pooled_connection_succeeds`:
+/// without the yield it fails every time). Under sustained overload the export falls behind and the
 /// batch queue drops spans (the SDK counts them), which is the right order of sacrifice for
 /// telemetry.
 fn export_runtime() -> Result<tokio::runtime::Runtime, OtelError> {
@@ -440,6 +443,9 @@ impl HttpClient for RuntimeHttpClient {
         let request = reqwest::Request::try_from(request)?;
         let client = &self.client;
         self.runtime.block_on(async move {
+            // The pooled connection's task ran last during the previous export: let it see what
+            // came since (a collector's close after an idle timeout) before a request is put on it.
+            tokio::task::yield_now().await;
             let mut response = client.execute(request).await?;
             let mut builder = http::Response::builder().status(response.status());
             if let Some(headers) = builder.headers_mut() {
@@ -1312,6 +1318,71 @@ mod tests {
             span.attr(attr::REQUEST_MODEL),
             Some(&AttrValue::String("m".to_owned()))
         );
+    }
+
+    /// Reads one HTTP/1.1 request with a `content-length` body off `stream`.
+    fn read_request(stream: &mut std::net::TcpStream) {
+        use std::io::Read as _;
+        let mut seen = Vec::new();
+        let mut byte = [0_u8; 1];
+        while !seen.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            seen.push(byte[0]);
+        }
+        let head = String::from_utf8(seen).unwrap().to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0_u8; length];
+        stream.read_exact(&mut body).unwrap();
+    }
+
+    #[test]
+    fn an_export_after_the_collector_closed_the_pooled_connection_succeeds() {
+        use std::io::Write as _;
+        // A collector that closes every connection after one response without saying so (no
+        // `connection: close`), as an idle timeout does: the client keeps the connection pooled,
+        // and its runtime runs only while an export is sent, so the close is noticed at the next one.
+        // The close comes after the export returned, so the client cannot have seen it then.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (may_close, close) = std::sync::mpsc::channel::<()>();
+        let (closed_tx, closed) = std::sync::mpsc::channel();
+        let collector = std::thread::spawn(move || {
+            for stream in listener.incoming().take(2) {
+                let mut stream = stream.unwrap();
+                read_request(&mut stream);
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .unwrap();
+                close.recv().unwrap();
+                drop(stream);
+                closed_tx.send(()).unwrap();
+            }
+        });
+        let client = RuntimeHttpClient {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+            runtime: export_runtime().unwrap(),
+        };
+        // Driven like the SDK's batch thread drives an export: a plain executor, no tokio context.
+        for export in 0..2 {
+            let request = http::Request::post(format!("http://{addr}/v1/traces"))
+                .header("content-type", "application/x-protobuf")
+                .body(Bytes::from_static(b"spans"))
+                .unwrap();
+            let response = futures_executor::block_on(client.send_bytes(request))
+                .unwrap_or_else(|e| panic!("export {export}: {e}"));
+            assert_eq!(response.status(), 200, "export {export}");
+            may_close.send(()).unwrap();
+            closed
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the collector closed the connection");
+        }
+        collector.join().unwrap();
     }
 
     #[tokio::test]
