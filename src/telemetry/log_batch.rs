@@ -133,6 +133,10 @@ impl<W: Write> Shared<W> {
                 .fetch_add(lines.saturating_sub(1), Ordering::Relaxed);
         }
         pending.clear();
+        // A rare huge line (a long error message) does not keep its allocation for good.
+        if pending.capacity() > 4 * BATCH_BYTES {
+            pending.shrink_to(BATCH_BYTES + 1024);
+        }
         *lines = 0;
     }
 }
@@ -285,6 +289,21 @@ mod tests {
             assert!(sent[0].len() >= BATCH_BYTES, "{}", sent[0].len());
             assert_eq!(sent[0].lines().count(), lines);
         });
+    }
+
+    #[test]
+    fn a_huge_line_does_not_keep_its_buffer() {
+        let out = Messages::default();
+        let batched = Batched::new(out.clone());
+        let mut access = LineWriter {
+            shared: &batched.shared,
+            batch: true,
+        };
+        let huge = vec![b'x'; 64 * BATCH_BYTES];
+        access.write_all(&huge).unwrap();
+        assert_eq!(out.taken()[0].len(), huge.len(), "sent whole");
+        let capacity = batched.shared.lock().pending.capacity();
+        assert!(capacity <= 4 * BATCH_BYTES, "{capacity}");
     }
 
     /// A writer that says when it is in a write and blocks there until told to go on (or the sender
