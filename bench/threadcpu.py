@@ -3,7 +3,8 @@
 
     threadcpu.py snapshot PID > before.json     # {thread name: cumulative ns on CPU}
     threadcpu.py diff before.json after.json N  # CPU microseconds per request (N requests) by thread;
-                                                #   "NAME (minflt)", "NAME (preempted)": per 1,000 requests
+                                                #   "NAME (minflt)", "NAME (preempted)", "NAME (slept)":
+                                                #   per 1,000 requests
     threadcpu.py snapshot-irq > before.json     # machine-wide interrupts by kind and CPU; diff as above
 
 Latency percentiles on a shared 2-core machine move by more than a few microseconds from run to run;
@@ -45,6 +46,9 @@ def snapshot(pid):
         # preempted (involuntary context switches).
         by_name[f"{name} (minflt)"] += minflt
         by_name[f"{name} (preempted)"] += int(status.get("nonvoluntary_ctxt_switches", "0"))
+        # Times the thread blocked (voluntary context switches): for a Tokio worker, how often it found
+        # nothing to run and slept; fewer per request means a busier core.
+        by_name[f"{name} (slept)"] += int(status.get("voluntary_ctxt_switches", "0"))
     return dict(by_name)
 
 
@@ -53,7 +57,7 @@ def diff(before, after, requests):
     out = {}
     for name in sorted(set(before) | set(after)):
         n = after.get(name, 0) - before.get(name, 0)
-        if n > 0 and name.endswith(("(minflt)", "(preempted)", "(irq)")):
+        if n > 0 and name.endswith(("(minflt)", "(preempted)", "(slept)", "(irq)")):
             out[name] = round(n * 1000 / requests, 1)  # per 1,000 requests
         elif n > 0:
             out[name] = round(n / 1000 / requests, 2)  # ns to µs per request

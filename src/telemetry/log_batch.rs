@@ -69,8 +69,9 @@ impl Batched<NonBlocking> {
 }
 
 impl<W: Write> Batched<W> {
-    /// Batches in front of any writer (tests).
-    pub fn new(inner: W) -> Self {
+    /// Batches in front of any writer.
+    #[cfg(test)]
+    fn new(inner: W) -> Self {
         Self::build(inner, None)
     }
 
