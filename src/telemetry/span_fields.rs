@@ -114,11 +114,15 @@ impl Visit for Members<'_, '_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.member(field, |out| write!(out, "{value}"));
+        self.member(field, |out| {
+            out.write_str(itoa::Buffer::new().format(value))
+        });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.member(field, |out| write!(out, "{value}"));
+        self.member(field, |out| {
+            out.write_str(itoa::Buffer::new().format(value))
+        });
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -160,29 +164,67 @@ struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 impl fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let mut start = 0;
-        for (i, b) in s.bytes().enumerate() {
-            let short = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0x00..=0x1f => "",
-                _ => continue,
-            };
-            // Escaped bytes are ASCII, so `i` is a character boundary.
-            self.0.write_str(&s[start..i])?;
-            if short.is_empty() {
-                write!(self.0, "\\u{b:04x}")?;
-            } else {
-                self.0.write_str(short)?;
+        while let Some(i) = s
+            .as_bytes()
+            .get(start..)
+            .and_then(next_escape)
+            .map(|p| p + start)
+        {
+            // Escaped bytes are ASCII, so `i` and `i + 1` are character boundaries.
+            self.0.write_str(s.get(start..i).unwrap_or_default())?;
+            match s.as_bytes().get(i).copied().unwrap_or_default() {
+                b'"' => self.0.write_str("\\\"")?,
+                b'\\' => self.0.write_str("\\\\")?,
+                b'\n' => self.0.write_str("\\n")?,
+                b'\r' => self.0.write_str("\\r")?,
+                b'\t' => self.0.write_str("\\t")?,
+                0x08 => self.0.write_str("\\b")?,
+                0x0c => self.0.write_str("\\f")?,
+                b => write!(self.0, "\\u{b:04x}")?,
             }
             start = i + 1;
         }
-        self.0.write_str(&s[start..])
+        self.0.write_str(s.get(start..).unwrap_or_default())
     }
+}
+
+/// Whether a JSON string must escape `b`: `"`, `\` and the control characters.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Where the first byte that [`needs_escape`] is. Eight bytes at a time: log strings (ids, routes,
+/// model names, messages) rarely hold one, and a byte at a time was ~3,500 instructions per access
+/// line (callgrind, `STREAM=1 bench/instructions.sh`, run instr-20261128T214849Z).
+fn next_escape(bytes: &[u8]) -> Option<usize> {
+    let mut clean = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0_u8; 8];
+        word.copy_from_slice(chunk);
+        if any_needs_escape(u64::from_le_bytes(word)) {
+            break;
+        }
+        clean += 8;
+    }
+    bytes
+        .get(clean..)?
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map(|p| p + clean)
+}
+
+/// Whether any of the eight bytes in `word` [`needs_escape`]. The classic zero-byte test
+/// (`(v - 0x01…) & !v & 0x80…` is non-zero exactly when some byte of `v` is zero, and with `0x20…`
+/// when some byte is below 0x20): exact about whether one does, not about which, so the caller
+/// looks for it byte by byte in that word.
+fn any_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGH;
+    let control = below(word, 0x20);
+    let quote = below(word ^ (ONES * u64::from(b'"')), 1);
+    let backslash = below(word ^ (ONES * u64::from(b'\\')), 1);
+    control | quote | backslash != 0
 }
 
 #[cfg(test)]
@@ -272,5 +314,48 @@ mod tests {
             write_json_string(&mut Writer::new(&mut ours), s).unwrap();
             assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
         }
+    }
+
+    /// Strings are scanned eight bytes at a time: every byte that needs escaping, and one that does
+    /// not but is next to those in value (`#`, `]`, `\x7f`, a byte of `é`), at every position of
+    /// the first two words and the tail, alone and after another escaped byte.
+    #[test]
+    fn escapes_are_found_at_every_position_of_a_word() {
+        let specials: Vec<char> = (0_u8..0x20)
+            .map(char::from)
+            .chain(['"', '\\', '#', ']', '\x7f', ' ', 'é'])
+            .collect();
+        for len in 0..=19 {
+            for at in 0..len {
+                for &c in &specials {
+                    let mut s: String = "abcdefghijklmnopqrs".chars().take(len).collect();
+                    s.replace_range(at..=at, c.encode_utf8(&mut [0; 4]));
+                    let mut twice = s.clone();
+                    twice.push('"');
+                    for s in [s, twice] {
+                        let mut ours = String::new();
+                        write_json_string(&mut Writer::new(&mut ours), &s).unwrap();
+                        assert_eq!(ours, serde_json::to_string(&s).unwrap(), "{s:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn integer_fields_are_written_in_full() {
+        let lines = lines(|| {
+            tracing::info!(
+                max = u64::MAX,
+                min = i64::MIN,
+                zero = 0_u64,
+                neg = -1_i64,
+                "numbers"
+            );
+        });
+        assert_eq!(lines[0]["max"], u64::MAX);
+        assert_eq!(lines[0]["min"], i64::MIN);
+        assert_eq!(lines[0]["zero"], 0);
+        assert_eq!(lines[0]["neg"], -1);
     }
 }
