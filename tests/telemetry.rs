@@ -96,6 +96,7 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let traced_request = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     let upstream_traceparent = upstream.requests()[0]
         .header("traceparent")
         .unwrap()
@@ -128,7 +129,17 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
     assert!(!error_body.to_string().contains(UPSTREAM_KEY));
 
     app.wait_finished(3).await;
-    app.stop().await;
+    let (_dir, request_log) = app.stop().await;
+    let record = request_log
+        .unwrap()
+        .get(&traced_request)
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(
+        record.trace_id.as_deref(),
+        Some(TRACE_ID),
+        "the request log names the trace"
+    );
     guard.shutdown().await.unwrap();
     let spans = receiver
         .wait_for_spans(

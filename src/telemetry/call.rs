@@ -830,6 +830,7 @@ impl AccessRecord {
         let cost = f.cost.map(tracing::field::display);
         let error_kind = self.error.as_ref().map(GatewayError::kind);
         let error = self.error.as_ref().map(tracing::field::display);
+        let trace_id = self.trace_id.map(super::otel::TraceIdHex::new);
         macro_rules! access {
             ($level:expr) => {
                 tracing::event!(
@@ -839,7 +840,7 @@ impl AccessRecord {
                     request_id = &*f.request_id,
                     route = &*self.route.0,
                     method = %self.method,
-                    trace_id = self.trace_id.map(tracing::field::display),
+                    trace_id = trace_id.as_ref().map(|t| tracing::field::display(t.as_str())),
                     key_id = self.key_id.as_deref(),
                     cache = self.cache,
                     status = f.status,

@@ -165,7 +165,9 @@ impl RequestLogEntry {
         let record = RequestRecord {
             id: finished.request_id.to_string(),
             received_at,
-            trace_id: summary.trace_id.map(|t| t.to_string()),
+            trace_id: summary
+                .trace_id
+                .map(|t| otel::TraceIdHex::new(t).as_str().to_owned()),
             key_id: summary.key_id.as_deref().map(str::to_owned),
             route: route.0.to_string(),
             method: method.to_string(),
