@@ -28,6 +28,9 @@ use tracing_subscriber::registry::LookupSpan;
 
 use super::span_fields::{JsonSpanFields, Members, write_json_string};
 
+/// 10000-01-01T00:00:00Z in seconds since the epoch: `humantime` formats only times before it.
+const HUMANTIME_END_SECS: u64 = 253_402_300_800;
+
 /// The JSON event format (see the module docs). Span fields must be stored by [`JsonSpanFields`]:
 /// their text is copied into the line as it is.
 #[derive(Debug, Default, Clone, Copy)]
@@ -50,9 +53,12 @@ where
         // RFC 3339 in UTC with microseconds, as `fmt::time::SystemTime` writes it: nothing in it needs
         // escaping. `humantime` fills a fixed buffer where `SystemTime` goes through `write!` for
         // each part (~4,000 instructions a line, callgrind run instr-20261128T214849Z); it cannot
-        // write a time before 1970 (a broken clock), which `SystemTime` then does.
+        // write a time before 1970 or after 9999 (a broken clock), which `SystemTime` then does.
         let now = std::time::SystemTime::now();
-        if now >= std::time::UNIX_EPOCH {
+        if now
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|d| d.as_secs() < HUMANTIME_END_SECS)
+        {
             write!(writer, "{}", humantime::format_rfc3339_micros(now))?;
         } else {
             SystemTime.format_time(&mut writer)?;
@@ -128,7 +134,7 @@ pub(super) mod tests {
     fn emit() {
         tracing::info!(target: "sluice::access", parent: None,
             request_id = "r-1", status = 200_u64, latency_ms = 1.25, cut = false,
-            missing = Option::<&str>::None, neg = -4_i64,
+            missing = Option::<&str>::None, neg = -4_i64, max = u64::MAX, min = i64::MIN,
             quoted = "say \"hi\"\n\\ ✓", shown = %"display", debugged = ?("a", 1),
             "request finished");
         let request = tracing::info_span!("request", request_id = "r-2");
