@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""CPU and wall time of one WAL checkpoint of the request log, offline (no Sluice running).
+
+    bench/checkpoint_cost.py [ROUNDS]
+
+Creates the request log's schema (read from src/request_log/store.rs) in a temporary directory with
+the writer's pragmas (WAL, no automatic checkpoint), inserts batches of 200 records shaped like the
+benchmark's, and times `PRAGMA wal_checkpoint(PASSIVE)` after every batch and after every ten, with
+`synchronous=NORMAL` (what Sluice uses) and `OFF` (for comparison only). Prints the median per
+checkpoint and per record. Python's sqlite3 is not the SQLite build in the binary, so read the
+ratios, not the absolute numbers. Standard library only.
+"""
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = open(os.path.join(REPO, "src/request_log/store.rs"), encoding="utf-8").read()
+SCHEMA = SRC.split('const SCHEMA: &str = "')[1].split('";')[0]
+INSERT = SRC.split('const INSERT: &str = "')[1].split('";')[0]
+TIMELINE = json.dumps([
+    {"at_ms": 0.0, "name": "received", "detail": None},
+    {"at_ms": 0.1, "name": "upstream_attempt", "detail": "up"},
+    {"at_ms": 0.3, "name": "done", "detail": None},
+])
+
+
+def run(directory, sync, batches_per_checkpoint, rounds, batch=200):
+    path = os.path.join(directory, f"{sync}-{batches_per_checkpoint}.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={sync}")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.executescript(SCHEMA)
+    start_ms, n = 1_764_400_000_000, 0
+    cpu, wall, frames = [], [], []
+    for _ in range(rounds):
+        for _ in range(batches_per_checkpoint):
+            conn.execute("BEGIN IMMEDIATE")
+            for _ in range(batch):
+                n += 1
+                # Time-ordered ids, as Sluice's UUIDv7 request ids are.
+                rid = "%012x-7abc-%s" % (start_ms + n, uuid.uuid4().hex[:18])
+                conn.execute(INSERT, (rid, start_ms + n // 2, "0af7651916cd43dd8448eb211c80319c",
+                                      None, "/v1/chat/completions", "POST", "bench", "up", 200, 0,
+                                      0.41, None, 0.2, 12, 20, "0.000150", None, None, None, None,
+                                      None, TIMELINE))
+            conn.execute("COMMIT")
+        c0, w0 = time.thread_time(), time.perf_counter()
+        row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        cpu.append((time.thread_time() - c0) * 1e6)
+        wall.append((time.perf_counter() - w0) * 1e6)
+        frames.append(row[1])
+    conn.close()
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    records = batch * batches_per_checkpoint
+    print(f"synchronous={sync:6} checkpoint every {batches_per_checkpoint:2} batches: "
+          f"{med(frames)} WAL frames, CPU {med(cpu):.0f} us ({med(cpu) / records:.2f} per record), "
+          f"wall {med(wall):.0f} us")
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    with tempfile.TemporaryDirectory() as directory:
+        for sync in ("NORMAL", "OFF"):
+            for every in (1, 10):
+                run(directory, sync, every, rounds)
+
+
+if __name__ == "__main__":
+    main()
