@@ -6,7 +6,8 @@
 Creates the request log's schema (read from src/request_log/store.rs) in a temporary directory with
 the writer's pragmas (WAL, no automatic checkpoint), inserts batches of 200 records shaped like the
 benchmark's, and times `PRAGMA wal_checkpoint(PASSIVE)` after every batch and after every ten, with
-`synchronous=NORMAL` (what Sluice uses) and `OFF` (for comparison only). Prints the median per
+`synchronous=NORMAL` (what Sluice uses) and `OFF` (for comparison only), and once more with
+timelines in schema 1's object form (what the compact form saves). Prints the median per
 checkpoint and per record. Python's sqlite3 is not the SQLite build in the binary, so read the
 ratios, not the absolute numbers. Standard library only.
 """
@@ -22,15 +23,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = open(os.path.join(REPO, "src/request_log/store.rs"), encoding="utf-8").read()
 SCHEMA = SRC.split('const SCHEMA: &str = "')[1].split('";')[0]
 INSERT = SRC.split('const INSERT: &str = "')[1].split('";')[0]
-TIMELINE = json.dumps([
-    {"at_ms": 0.0, "name": "received", "detail": None},
-    {"at_ms": 0.1, "name": "upstream_attempt", "detail": "up"},
-    {"at_ms": 0.3, "name": "done", "detail": None},
-])
+# A benchmark request's six steps, as stored (src/request_log/timeline.rs) and, for comparison, in
+# schema 1's object form.
+STEPS = [(0.0, "received"), (0.096635, "upstream_attempt"), (14.689016, "upstream_first_byte"),
+         (14.689016, "upstream_done"), (14.713713, "headers_sent"), (14.748706, "done")]
+TIMELINES = {
+    "compact": json.dumps([[round(ms * 1000), name] for ms, name in STEPS], separators=(",", ":")),
+    "schema-1 objects": json.dumps([{"at_ms": ms, "name": name, "detail": None} for ms, name in STEPS],
+                                   separators=(",", ":")),
+}
 
 
-def run(directory, sync, batches_per_checkpoint, rounds, batch=200):
-    path = os.path.join(directory, f"{sync}-{batches_per_checkpoint}.db")
+def run(directory, sync, batches_per_checkpoint, rounds, form="compact", batch=200):
+    path = os.path.join(directory, f"{sync}-{batches_per_checkpoint}-{form[:7]}.db")
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={sync}")
@@ -48,7 +53,7 @@ def run(directory, sync, batches_per_checkpoint, rounds, batch=200):
                 conn.execute(INSERT, (rid, start_ms + n // 2, "0af7651916cd43dd8448eb211c80319c",
                                       None, "/v1/chat/completions", "POST", "bench", "up", 200, 0,
                                       0.41, None, 0.2, 12, 20, "0.000150", None, None, None, None,
-                                      None, TIMELINE))
+                                      None, TIMELINES[form]))
             conn.execute("COMMIT")
         c0, w0 = time.thread_time(), time.perf_counter()
         row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -58,7 +63,7 @@ def run(directory, sync, batches_per_checkpoint, rounds, batch=200):
     conn.close()
     med = lambda xs: sorted(xs)[len(xs) // 2]
     records = batch * batches_per_checkpoint
-    print(f"synchronous={sync:6} checkpoint every {batches_per_checkpoint:2} batches: "
+    print(f"{form:16} synchronous={sync:6} checkpoint every {batches_per_checkpoint:2} batches: "
           f"{med(frames)} WAL frames, CPU {med(cpu):.0f} us ({med(cpu) / records:.2f} per record), "
           f"wall {med(wall):.0f} us")
 
@@ -69,6 +74,7 @@ def main():
         for sync in ("NORMAL", "OFF"):
             for every in (1, 10):
                 run(directory, sync, every, rounds)
+        run(directory, "NORMAL", 1, rounds, form="schema-1 objects")
 
 
 if __name__ == "__main__":

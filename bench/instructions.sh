@@ -2,7 +2,8 @@
 # Instructions per request on the request thread, by observability mode, counted by callgrind.
 #
 #   bench/instructions.sh [REQUESTS]        default 2000; MODES="off logs reqlog otel on" picks modes;
-#                                           STREAM=1 sends streaming requests instead
+#                                           STREAM=1 sends streaming requests instead; BIN=path counts
+#                                           another build of sluice (a copy of an earlier target/release/sluice)
 #
 # Latency percentiles on a shared machine move by more than the few microseconds a telemetry change
 # is worth; an instruction count does not (valgrind counts the same for the same binary and input,
@@ -26,8 +27,9 @@ MODES="${MODES:-off logs reqlog otel on}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 cargo build --release --bins --quiet
+BIN="${BIN:-target/release/sluice}"
 OUT="$REPO/bench/results/instr-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
-echo "STREAM=${STREAM:-0} REQUESTS=$REQUESTS MODES=$MODES" >"$OUT/layout.txt"
+echo "STREAM=${STREAM:-0} REQUESTS=$REQUESTS MODES=$MODES BIN=$BIN" >"$OUT/layout.txt"
 WORK="$(mktemp -d)"; PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -54,7 +56,7 @@ for mode in $MODES; do
   } >"$OUT/$mode.toml"
   TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --separate-threads=yes \
     --callgrind-out-file="$OUT/callgrind.$mode.%p" \
-    target/release/sluice serve --config "$OUT/$mode.toml" >"$WORK/sluice-$mode.log" 2>"$WORK/valgrind-$mode.log" &
+    "$BIN" serve --config "$OUT/$mode.toml" >"$WORK/sluice-$mode.log" 2>"$WORK/valgrind-$mode.log" &
   pid=$!
   for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT_GW") 2>/dev/null && break; sleep 0.1; done
   "${OHA[@]}" -n 200 >/dev/null

@@ -28,6 +28,7 @@ mod redact;
 mod store;
 #[cfg(test)]
 mod tests;
+mod timeline;
 mod writer;
 
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! The wire and storage types: one [`RequestRecord`] per request with its [`TimelineEvent`]s, the
 //! [`RequestSummary`] rows a listing returns, and the [`RequestFilter`] that selects them.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -64,15 +65,16 @@ pub struct TimelineEvent {
     /// Milliseconds since `received_at`.
     #[serde(deserialize_with = "f64_or_nan")]
     pub at_ms: f64,
-    /// `"received"`, `"upstream_attempt"`, `"first_token"`, `"done"`, ….
-    pub name: String,
+    /// `"received"`, `"upstream_attempt"`, `"first_token"`, `"done"`, …. Borrowed when it is one of
+    /// the gateway's own step names, so building a record allocates nothing for it.
+    pub name: Cow<'static, str>,
     /// Free text, e.g. the provider of an attempt or the error of a failed one.
-    pub detail: Option<String>,
+    pub detail: Option<Cow<'static, str>>,
 }
 
 impl TimelineEvent {
     /// An event without detail.
-    pub fn new(at_ms: f64, name: impl Into<String>) -> Self {
+    pub fn new(at_ms: f64, name: impl Into<Cow<'static, str>>) -> Self {
         Self {
             at_ms,
             name: name.into(),
@@ -81,7 +83,11 @@ impl TimelineEvent {
     }
 
     /// An event with detail.
-    pub fn with_detail(at_ms: f64, name: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn with_detail(
+        at_ms: f64,
+        name: impl Into<Cow<'static, str>>,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self {
             at_ms,
             name: name.into(),

@@ -2,20 +2,25 @@
 //! over a `rusqlite::Connection`; which thread calls them is decided in `mod.rs` and `writer.rs`.
 //!
 //! One table, `requests`. `seq` (the rowid) is the order records were logged in; it makes "keep the
-//! newest N" a cheap range delete. Bodies and the timeline (JSON) are the last columns, so listings do
-//! not read their overflow pages.
+//! newest N" a cheap range delete. Bodies and the timeline (JSON, in the form `timeline.rs` describes)
+//! are the last columns, so listings do not read their overflow pages.
+//!
+//! Schema versions (`PRAGMA user_version`): 1, timelines as JSON objects; 2, the same table with
+//! timelines as compact arrays. A version-1 file is taken over as it is (the reader understands both
+//! forms) and marked 2; a build that only knows 1 then refuses it instead of misreading it.
 
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::types::{Type, Value};
+use rusqlite::types::{ToSqlOutput, Type, Value, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use super::RequestLogError;
-use super::record::{RequestFilter, RequestRecord, RequestSummary, TimelineEvent};
+use super::record::{RequestFilter, RequestRecord, RequestSummary};
+use super::timeline;
 
 /// The schema this build writes; stored in `PRAGMA user_version`.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 BEGIN;
@@ -48,7 +53,7 @@ CREATE INDEX IF NOT EXISTS requests_received_at ON requests (received_at);
 CREATE INDEX IF NOT EXISTS requests_model ON requests (model, received_at);
 CREATE INDEX IF NOT EXISTS requests_status ON requests (status, received_at);
 CREATE INDEX IF NOT EXISTS requests_id ON requests (id);
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 COMMIT;
 ";
 
@@ -117,6 +122,8 @@ fn migrate(conn: &Connection) -> Result<(), RequestLogError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     match version {
         0 => conn.execute_batch(SCHEMA)?,
+        // Same table; only new timelines are written in the compact form.
+        1 => conn.pragma_update(None, "user_version", SCHEMA_VERSION)?,
         SCHEMA_VERSION => {}
         found => {
             return Err(RequestLogError::SchemaTooNew {
@@ -143,10 +150,14 @@ pub(crate) fn insert_batch(
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
         let mut pacer = crate::telemetry::background::Pacer::new(RECORDS_PER_YIELD);
+        let mut json = Vec::with_capacity(256);
         for r in records {
             pacer.tick();
-            let timeline = serde_json::to_string(&r.timeline)
+            json.clear();
+            serde_json::to_writer(&mut json, &timeline::Stored(&r.timeline))
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            // serde_json writes UTF-8: bound as text straight from the buffer, no String or UTF-8 check.
+            let timeline = ToSqlOutput::Borrowed(ValueRef::Text(&json));
             stmt.execute(rusqlite::params![
                 r.id,
                 r.received_at,
@@ -327,7 +338,7 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<RequestSummary> {
 fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RequestRecord> {
     let s = summary_from_row(row)?;
     let timeline: String = row.get(21)?;
-    let timeline: Vec<TimelineEvent> = serde_json::from_str(&timeline)
+    let timeline = timeline::parse(&timeline)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(21, Type::Text, Box::new(e)))?;
     Ok(RequestRecord {
         id: s.id,
@@ -372,6 +383,7 @@ fn unsigned(v: Option<i64>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request_log::TimelineEvent;
 
     fn memory() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
@@ -487,14 +499,52 @@ mod tests {
     #[test]
     fn schema_from_the_future_is_refused() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.pragma_update(None, "user_version", 3).unwrap();
         assert!(matches!(
             migrate(&conn),
             Err(RequestLogError::SchemaTooNew {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             })
         ));
+    }
+
+    #[test]
+    fn a_schema_1_file_is_taken_over_and_both_timeline_forms_are_read() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        // A file as schema 1 left it: the same table, timelines as objects.
+        conn.execute_batch(&SCHEMA.replace("user_version = 2", "user_version = 1"))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO requests (id, received_at, route, method, status, stream, timeline) \
+             VALUES ('old', 1, '/v1/chat/completions', 'POST', 200, 0, ?1)",
+            [r#"[{"at_ms":0.0,"name":"received","detail":null},{"at_ms":2.5,"name":"done","detail":"timeout"}]"#],
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mut new = rec("new", 2);
+        new.timeline = vec![
+            TimelineEvent::new(0.0, "received"),
+            TimelineEvent::with_detail(2.5, "done", "timeout"),
+        ];
+        insert_batch(&mut conn, &[new]).unwrap();
+        let stored: String = conn
+            .query_row(
+                "SELECT timeline FROM requests WHERE id = 'new'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, r#"[[0,"received"],[2500,"done","timeout"]]"#);
+        let old = get(&conn, "old").unwrap().unwrap().timeline;
+        assert_eq!(old, get(&conn, "new").unwrap().unwrap().timeline);
+        assert_eq!(old[1], TimelineEvent::with_detail(2.5, "done", "timeout"));
+        // Taking it over twice is a no-op.
+        migrate(&conn).unwrap();
     }
 
     #[test]

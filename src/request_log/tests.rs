@@ -114,7 +114,8 @@ fn full_record(id: &str) -> RequestRecord {
             TimelineEvent::new(0.0, "received"),
             TimelineEvent::with_detail(1.5, "upstream_attempt", "anthropic#1"),
             TimelineEvent::new(345.25, "first_token"),
-            TimelineEvent::with_detail(1_234.567_891, "done", "upstream_error"),
+            // Stored to the microsecond (`timeline.rs`).
+            TimelineEvent::with_detail(1_234.568, "done", "upstream_error"),
         ],
     }
 }

@@ -143,7 +143,7 @@ impl RequestLogEntry {
         } = self;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         let error_kind = summary.error.as_ref().map(GatewayError::kind);
-        let mut steps: Vec<(f64, &str)> = summary
+        let mut steps: Vec<(f64, &'static str)> = summary
             .marks
             .into_iter()
             .filter_map(|(at, name)| Some((ms(at?), name)))
@@ -151,15 +151,11 @@ impl RequestLogEntry {
         steps.sort_by(|a, b| a.0.total_cmp(&b.0));
         let timeline: Vec<TimelineEvent> = std::iter::once((0.0, "received"))
             .chain(steps)
-            .map(|(at_ms, name)| TimelineEvent {
-                at_ms,
-                name: name.to_owned(),
-                detail: None,
-            })
+            .map(|(at_ms, name)| TimelineEvent::new(at_ms, name))
             .chain(std::iter::once(TimelineEvent {
                 at_ms: ms(finished.latency),
-                name: if finished.cut { "cut" } else { "done" }.to_owned(),
-                detail: error_kind.map(str::to_owned),
+                name: if finished.cut { "cut" } else { "done" }.into(),
+                detail: error_kind.map(Into::into),
             }))
             .collect();
         let record = RequestRecord {
