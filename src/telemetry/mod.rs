@@ -8,6 +8,8 @@ pub mod json_log;
 pub mod log_batch;
 pub mod metrics;
 pub mod otel;
+mod otlp_encode;
+mod otlp_http;
 pub mod span_fields;
 
 use std::io::IsTerminal;

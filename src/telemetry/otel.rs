@@ -23,17 +23,18 @@
 //! **Batching and overload.** The processor keeps finished spans in a bounded queue (2048 spans by
 //! default, `OTEL_BSP_MAX_QUEUE_SIZE`) and exports batches of up to 64 ([`DEFAULT_EXPORT_BATCH_SIZE`],
 //! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`) every 5 s (`OTEL_BSP_SCHEDULE_DELAY`) or as soon as a batch is full,
-//! from its own thread, which also sends the HTTP requests (see `export_runtime`). When the queue is
+//! from its own thread, which also encodes and sends the HTTP requests (`otlp_http`). When the queue is
 //! full, new spans are
 //! **dropped** — that is the SDK's behaviour, so a slow or dead collector never blocks or grows a request
 //! path; the SDK logs the first drop and the total at shutdown (target `opentelemetry_sdk`).
 //!
-//! **Why a custom HTTP client.** The thread-based processor drives exports with a plain `block_on` on its
-//! own thread, where an async client finds no tokio reactor. The OTLP/HTTP client therefore carries a
-//! current-thread tokio runtime and sends each export request inside it, on that same thread (bounded
-//! by `export_timeout`), with a dedicated `reqwest` 0.12 client: the gateway's own HTTP stack and
-//! rustls, no second copy of reqwest or hyper. gRPC uses tonic's channel, which lives on the server's
-//! runtime.
+//! **Our own OTLP/HTTP exporter** (`otlp_http`, encoding in `otlp_encode`). The SDK's HTTP exporter
+//! converted every batch into generated proto structs before encoding it, a third of the background
+//! CPU with everything on; ours writes the same protobuf bytes straight from the spans. It sends from
+//! the processor's own thread through a current-thread runtime it owns (the thread-based processor
+//! drives exports with a plain `block_on`, where an async client finds no reactor), with the gateway's
+//! own `reqwest`, retries and `OTEL_EXPORTER_OTLP_*HEADERS` as the SDK's exporter had them. gRPC uses
+//! the SDK's tonic exporter, whose channel lives on the server's runtime.
 //!
 //! **Semantic conventions.** Attribute names follow the OpenTelemetry GenAI semantic conventions
 //! ([`attr::SEMCONV_VERSION`], status "Development"): one span per model call, named
@@ -50,8 +51,8 @@ use opentelemetry::trace::{
     SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Array, Context, InstrumentationScope, KeyValue, StringValue, Value};
-use opentelemetry_http::{Bytes, HeaderExtractor, HttpClient, HttpError};
-use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_http::HeaderExtractor;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -59,6 +60,8 @@ use opentelemetry_sdk::trace::{
 };
 use regex::Regex;
 use serde::Deserialize;
+
+use super::otlp_http;
 
 /// Base URL of the collector for all signals; `/v1/traces` is appended for HTTP.
 pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -88,9 +91,6 @@ pub const DEFAULT_SERVICE_NAME: &str = "sluice";
 /// Appended to captured content that was cut at `max_content_bytes`.
 pub const TRUNCATED_MARKER: &str = "…[truncated]";
 
-/// The largest OTLP response body read back from a collector (a success response is a few bytes).
-const MAX_EXPORT_RESPONSE_BYTES: usize = 64 * 1024;
-
 /// `[otel]` section: OTLP trace export and content capture.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -107,7 +107,7 @@ pub struct OtelConfig {
     /// Fraction of new traces sampled, 0.0–1.0. Parent-based: a request carrying a `traceparent`
     /// follows the caller's sampling decision.
     pub sample_ratio: f64,
-    /// Bound on one export request (connect, send, response).
+    /// Bound on one export (connect, send, response), retries included.
     #[serde(with = "humantime_serde")]
     pub export_timeout: Duration,
     /// Record prompt and completion content on spans (redacted, capped). Off by default: content is
@@ -295,39 +295,34 @@ fn init_with_env(
     tokio::runtime::Handle::try_current().map_err(|_| OtelError::NoRuntime)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let exporter = match target.protocol {
-        OtlpProtocol::HttpProtobuf => {
-            let client = reqwest::Client::builder()
-                .timeout(config.export_timeout)
-                .build()
-                .map_err(OtelError::HttpClient)?;
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(target.url.clone())
-                .with_timeout(config.export_timeout)
-                .with_http_client(RuntimeHttpClient {
-                    client,
-                    runtime: export_runtime()?,
-                })
-                .build()?
-        }
-        // tonic's channel is created lazily on the current runtime; no connection is made here.
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_protocol(Protocol::Grpc)
-            .with_endpoint(target.url.clone())
-            .with_timeout(config.export_timeout)
-            .build()?,
-    };
     // `BatchConfigBuilder::default()` reads the `OTEL_BSP_*` variables, so operators can resize the queue.
     let mut batch = BatchConfigBuilder::default();
     if std::env::var_os(ENV_BSP_MAX_EXPORT_BATCH_SIZE).is_none() {
         batch = batch.with_max_export_batch_size(DEFAULT_EXPORT_BATCH_SIZE);
     }
-    let processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batch.build())
-        .build();
+    let batch = batch.build();
+    let processor = match target.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let headers = otlp_http::headers_from_env(env)?;
+            let exporter =
+                otlp_http::HttpExporter::new(&target.url, headers, config.export_timeout)?;
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch)
+                .build()
+        }
+        // tonic's channel is created lazily on the current runtime; no connection is made here.
+        OtlpProtocol::Grpc => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_protocol(Protocol::Grpc)
+                .with_endpoint(target.url.clone())
+                .with_timeout(config.export_timeout)
+                .build()?;
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch)
+                .build()
+        }
+    };
     let resource = Resource::builder()
         .with_service_name(target.service_name.clone())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -401,65 +396,6 @@ impl OtelGuard {
         .await
         .map_err(|e| OtelError::Shutdown(e.to_string()))?;
         result.map_err(|e| OtelError::Shutdown(e.to_string()))
-    }
-}
-
-/// Runs OTLP/HTTP requests in the exporter's own current-thread runtime, for an exporter that is
-/// driven from the batch processor's own thread.
-#[derive(Debug)]
-struct RuntimeHttpClient {
-    client: reqwest::Client,
-    runtime: tokio::runtime::Runtime,
-}
-
-/// The runtime OTLP/HTTP exports run in: current-thread, driven by the batch processor's thread while
-/// it sends a batch, so a batch is encoded and sent by one thread, off the request workers (an export
-/// must not hold up the requests queued behind it on a worker). Until session 10 it was a runtime
-/// with a thread of its own (`sluice-otlp`): every export woke that thread and waited for it, and
-/// `perf` found a third of its time in context switches (`docs/BENCHMARKS.md`, "Session 10"). The
-/// pooled connection is driven only while a batch is sent, so a close by the collector between
-/// batches (an idle timeout) is only seen at the next export: each export first yields once, which
-/// lets the connection's task read the close, so the request goes on a new connection instead of
-/// failing on the dead one (test `an_export_after_the_collector_closed_the_pooled_connection_succeeds`:
-/// without the yield it fails every time). Under sustained overload the export falls behind and the
-/// batch queue drops spans (the SDK counts them), which is the right order of sacrifice for
-/// telemetry.
-fn export_runtime() -> Result<tokio::runtime::Runtime, OtelError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| OtelError::Invalid(format!("cannot start the OTLP export runtime: {e}")))
-}
-
-#[async_trait::async_trait]
-impl HttpClient for RuntimeHttpClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, HttpError> {
-        // This runs on the batch processor's thread, which also encodes the batches, inside the
-        // executor the SDK drives exports with (not a tokio runtime): blocking it here is what the
-        // thread is for. Bounded by the client's timeout.
-        let request = reqwest::Request::try_from(request)?;
-        let client = &self.client;
-        self.runtime.block_on(async move {
-            // The pooled connection's task ran last during the previous export: let it see what
-            // came since (a collector's close after an idle timeout) before a request is put on it.
-            tokio::task::yield_now().await;
-            let mut response = client.execute(request).await?;
-            let mut builder = http::Response::builder().status(response.status());
-            if let Some(headers) = builder.headers_mut() {
-                *headers = std::mem::take(response.headers_mut());
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await? {
-                if body.len() + chunk.len() > MAX_EXPORT_RESPONSE_BYTES {
-                    return Err::<_, HttpError>("OTLP response body too large".into());
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(builder.body(Bytes::from(body))?)
-        })
     }
 }
 
@@ -1351,71 +1287,6 @@ mod tests {
             span.attr(attr::REQUEST_MODEL),
             Some(&AttrValue::String("m".to_owned()))
         );
-    }
-
-    /// Reads one HTTP/1.1 request with a `content-length` body off `stream`.
-    fn read_request(stream: &mut std::net::TcpStream) {
-        use std::io::Read as _;
-        let mut seen = Vec::new();
-        let mut byte = [0_u8; 1];
-        while !seen.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).unwrap();
-            seen.push(byte[0]);
-        }
-        let head = String::from_utf8(seen).unwrap().to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        let mut body = vec![0_u8; length];
-        stream.read_exact(&mut body).unwrap();
-    }
-
-    #[test]
-    fn an_export_after_the_collector_closed_the_pooled_connection_succeeds() {
-        use std::io::Write as _;
-        // A collector that closes every connection after one response without saying so (no
-        // `connection: close`), as an idle timeout does: the client keeps the connection pooled,
-        // and its runtime runs only while an export is sent, so the close is noticed at the next one.
-        // The close comes after the export returned, so the client cannot have seen it then.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (may_close, close) = std::sync::mpsc::channel::<()>();
-        let (closed_tx, closed) = std::sync::mpsc::channel();
-        let collector = std::thread::spawn(move || {
-            for stream in listener.incoming().take(2) {
-                let mut stream = stream.unwrap();
-                read_request(&mut stream);
-                stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                    .unwrap();
-                close.recv().unwrap();
-                drop(stream);
-                closed_tx.send(()).unwrap();
-            }
-        });
-        let client = RuntimeHttpClient {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
-            runtime: export_runtime().unwrap(),
-        };
-        // Driven like the SDK's batch thread drives an export: a plain executor, no tokio context.
-        for export in 0..2 {
-            let request = http::Request::post(format!("http://{addr}/v1/traces"))
-                .header("content-type", "application/x-protobuf")
-                .body(Bytes::from_static(b"spans"))
-                .unwrap();
-            let response = futures_executor::block_on(client.send_bytes(request))
-                .unwrap_or_else(|e| panic!("export {export}: {e}"));
-            assert_eq!(response.status(), 200, "export {export}");
-            may_close.send(()).unwrap();
-            closed
-                .recv_timeout(Duration::from_secs(5))
-                .expect("the collector closed the connection");
-        }
-        collector.join().unwrap();
     }
 
     #[tokio::test]
