@@ -1003,6 +1003,25 @@ mod tests {
         assert!(matches!(err, OtelError::NoRuntime), "{err}");
     }
 
+    #[tokio::test]
+    async fn a_malformed_collector_header_variable_stops_start_up_without_showing_its_value() {
+        let env = env_of(&[("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "api-key sk-secret-123")]);
+        let err = init_with_env(&config_for("http://127.0.0.1:9".to_owned()), &env).unwrap_err();
+        assert!(matches!(err, OtelError::Invalid(_)), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
+            "{message}"
+        );
+        assert!(!message.contains("sk-secret"), "{message}");
+        // gRPC takes its headers from the same variables through the SDK's exporter, not from here.
+        let grpc = OtelConfig {
+            protocol: Some(OtlpProtocol::Grpc),
+            ..config_for("http://127.0.0.1:9".to_owned())
+        };
+        drop(init_with_env(&grpc, &env).unwrap());
+    }
+
     /// A request with a GenAI upstream call, recorded the way `telemetry::call` does; returns the
     /// request's trace id as [`CallSpans::trace_id`] reports it.
     fn emit_chat_call(tracer: &SdkTracer) -> Option<String> {
