@@ -220,14 +220,11 @@ impl HttpExporter {
                 _ => Failure::Final(message),
             });
         }
+        // The spans were accepted (2xx): from here on nothing is retried, which would send them
+        // twice; an answer that cannot be read is only a partial-success report lost.
         let mut answer = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| Failure::Retry(None, format!("OTLP export failed: {}", e.without_url())))?
-        {
+        while let Ok(Some(chunk)) = response.chunk().await {
             if answer.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                // The spans were accepted (2xx); only the answer is unreadable.
                 return Ok(());
             }
             answer.extend_from_slice(&chunk);
@@ -239,7 +236,7 @@ impl HttpExporter {
         {
             tracing::warn!(
                 rejected_spans = partial.rejected_spans,
-                message = %partial.error_message,
+                error_message = %partial.error_message,
                 "the OTLP collector rejected spans"
             );
         }
@@ -298,7 +295,9 @@ mod tests {
 
     /// A collector answering one request per connection with each of `responses` in turn (then
     /// closing), sending every request's head to the returned channel.
-    fn collector(responses: Vec<&'static str>) -> (String, mpsc::Receiver<String>) {
+    fn collector<R: AsRef<[u8]> + Send + 'static>(
+        responses: Vec<R>,
+    ) -> (String, mpsc::Receiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
         let (heads, received) = mpsc::channel();
@@ -306,7 +305,7 @@ mod tests {
             for (stream, response) in listener.incoming().zip(responses) {
                 let mut stream = stream.unwrap();
                 heads.send(read_request(&mut stream)).unwrap();
-                stream.write_all(response.as_bytes()).unwrap();
+                stream.write_all(response.as_ref()).unwrap();
             }
         });
         (url, received)
@@ -340,6 +339,43 @@ mod tests {
             );
             assert!(head.contains("api-key: k 1"), "{head}");
         }
+    }
+
+    #[test]
+    fn a_partial_success_is_accepted_and_reported() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+        let answer = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 2,
+                error_message: "span name too long".to_owned(),
+            }),
+        }
+        .encode_to_vec();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        );
+        let mut response = head.into_bytes();
+        response.extend_from_slice(&answer);
+        let (url, heads) = collector(vec![response]);
+        let exporter = HttpExporter::new(&url, HeaderMap::new(), Duration::from_secs(10)).unwrap();
+        let sink = super::super::json_log::tests::Buf::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || export(&exporter).unwrap());
+        assert_eq!(heads.try_iter().count(), 1);
+        let lines = sink.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["fields"]["rejected_spans"], 2);
+        assert_eq!(
+            lines[0]["fields"]["message"],
+            "the OTLP collector rejected spans"
+        );
+        assert_eq!(lines[0]["fields"]["error_message"], "span name too long");
     }
 
     #[test]
