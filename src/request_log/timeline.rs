@@ -4,11 +4,12 @@
 //! there is one.
 //!
 //! Schema 1 stored each event as an object (`{"at_ms":0.096635,"name":"upstream_attempt",
-//! "detail":null}`): with six events that was ~330 of a row's ~650 bytes (table and indexes), and
-//! every byte of a row is written three times per batch (into the WAL, into the database by the
-//! checkpoint, and to the disk at the checkpoint's sync). In this form the same timeline is ~130 bytes
-//! (`bench/checkpoint_cost.py`: 26 % fewer WAL frames per batch). Microseconds are finer than
-//! anything a timeline is read for, and the admin API still shows milliseconds (`at_ms`).
+//! "detail":null}`): with six events that was ~340 of a row's ~655 bytes (table and indexes), and
+//! every byte of a row is written twice per batch, into the WAL and by the checkpoint into the
+//! database, and synced to disk both times. In this form the same timeline is ~130 bytes: 17–26 %
+//! fewer WAL frames per batch (`bench/checkpoint_cost.py`; the more digits the old form's floats had,
+//! the more). Microseconds are finer than anything a timeline is read for, and the admin API still
+//! shows milliseconds (`at_ms`).
 //! Reading accepts both forms, so a schema-1 database needs no rewrite (`store::migrate`).
 
 use serde::ser::SerializeSeq;
