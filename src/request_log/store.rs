@@ -515,6 +515,11 @@ mod tests {
         // A file as schema 1 left it: the same table, timelines as objects.
         conn.execute_batch(&SCHEMA.replace("user_version = 2", "user_version = 1"))
             .unwrap();
+        let user_version = |conn: &Connection| -> i64 {
+            conn.pragma_query_value(None, "user_version", |row| row.get(0))
+                .unwrap()
+        };
+        assert_eq!(user_version(&conn), 1);
         conn.execute(
             "INSERT INTO requests (id, received_at, route, method, status, stream, timeline) \
              VALUES ('old', 1, '/v1/chat/completions', 'POST', 200, 0, ?1)",
@@ -522,10 +527,7 @@ mod tests {
         )
         .unwrap();
         migrate(&conn).unwrap();
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
         let mut new = rec("new", 2);
         new.timeline = vec![
             TimelineEvent::new(0.0, "received"),

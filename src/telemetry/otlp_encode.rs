@@ -21,7 +21,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry::{Array, InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 use prost::encoding::{encode_varint, encoded_len_varint};
@@ -156,28 +156,37 @@ fn string_field_always(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
 
 /// Repeated `KeyValue`s at `tag`: `key` (1), `value` (2). Scalars (nearly every attribute) have
 /// their sizes computed and written first; an array is written in place and moved (`message`).
-fn attributes<'a>(buf: &mut Vec<u8>, tag: u32, kvs: impl IntoIterator<Item = &'a KeyValue>) {
-    for kv in kvs {
-        let key_len = kv.key.as_str().len();
-        let Some(value_len) = scalar_size(&kv.value) else {
+fn attributes<'a>(
+    buf: &mut Vec<u8>,
+    tag: u32,
+    kvs: impl IntoIterator<Item = (&'a Key, &'a Value)>,
+) {
+    for (k, v) in kvs {
+        let Some(value_len) = scalar_size(v) else {
             message(buf, tag, |buf| {
-                string_field(buf, 1, kv.key.as_str());
-                message(buf, 2, |buf| any_value(buf, &kv.value));
+                string_field(buf, 1, k.as_str());
+                message(buf, 2, |buf| any_value(buf, v));
             });
             continue;
         };
-        let key_size = if key_len == 0 {
-            0
-        } else {
-            len_field_size(1, key_len)
+        let key_size = match k.as_str().len() {
+            0 => 0,
+            len => len_field_size(1, len),
         };
         key(buf, tag, LEN);
         varint(buf, (key_size + len_field_size(2, value_len)) as u64);
-        string_field(buf, 1, kv.key.as_str());
+        string_field(buf, 1, k.as_str());
         key(buf, 2, LEN);
         varint(buf, value_len as u64);
-        any_value(buf, &kv.value);
+        any_value(buf, v);
     }
+}
+
+/// The SDK's `KeyValue`s as the pairs [`attributes`] takes (a `Resource` iterates as pairs already).
+fn pairs<'a>(
+    kvs: impl IntoIterator<Item = &'a KeyValue>,
+) -> impl Iterator<Item = (&'a Key, &'a Value)> {
+    kvs.into_iter().map(|kv| (&kv.key, &kv.value))
 }
 
 fn nanos(time: SystemTime) -> u64 {
@@ -216,13 +225,13 @@ fn span(buf: &mut Vec<u8>, span: &SpanData) {
     varint_field(buf, 6, span_kind(&span.span_kind));
     fixed64_field(buf, 7, nanos(span.start_time));
     fixed64_field(buf, 8, nanos(span.end_time));
-    attributes(buf, 9, &span.attributes);
+    attributes(buf, 9, pairs(&span.attributes));
     varint_field(buf, 10, u64::from(span.dropped_attributes_count));
     for event in &span.events.events {
         message(buf, 11, |buf| {
             fixed64_field(buf, 1, nanos(event.timestamp));
             string_field(buf, 2, &event.name);
-            attributes(buf, 3, &event.attributes);
+            attributes(buf, 3, pairs(&event.attributes));
             varint_field(buf, 4, u64::from(event.dropped_attributes_count));
         });
     }
@@ -233,7 +242,7 @@ fn span(buf: &mut Vec<u8>, span: &SpanData) {
             bytes_field(buf, 1, &context.trace_id().to_bytes());
             bytes_field(buf, 2, &context.span_id().to_bytes());
             string_field(buf, 3, &context.trace_state().header());
-            attributes(buf, 4, &link.attributes);
+            attributes(buf, 4, pairs(&link.attributes));
             varint_field(buf, 5, u64::from(link.dropped_attributes_count));
             fixed32_field(
                 buf,
@@ -263,7 +272,7 @@ fn span(buf: &mut Vec<u8>, span: &SpanData) {
 fn scope(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
     string_field(buf, 1, scope.name());
     string_field(buf, 2, scope.version().unwrap_or_default());
-    attributes(buf, 3, scope.attributes());
+    attributes(buf, 3, pairs(scope.attributes()));
 }
 
 /// The resource part of every request, encoded once (the SDK hands it to the exporter at start-up).
@@ -277,12 +286,7 @@ pub(super) struct EncodedResource {
 impl EncodedResource {
     pub(super) fn new(resource: &Resource) -> Self {
         let mut fields = Vec::new();
-        for (k, v) in resource {
-            message(&mut fields, 1, |buf| {
-                string_field(buf, 1, k.as_str());
-                message(buf, 2, |buf| any_value(buf, v));
-            });
-        }
+        attributes(&mut fields, 1, resource);
         Self {
             fields,
             schema_url: resource.schema_url().unwrap_or_default().to_owned(),
