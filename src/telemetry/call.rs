@@ -14,6 +14,7 @@ use opentelemetry::{KeyValue, StringValue};
 use rust_decimal::Decimal;
 
 use super::Observability;
+use super::access_log::AccessRecord;
 use super::metrics::{
     CostLabels, Label, ModelLabels, OverheadLabels, RequestLabels, RouteLabels, TokenLabels,
     UpstreamErrorLabels,
@@ -797,77 +798,6 @@ impl SpanEnding {
             self.status >= 500,
             self.upstream_end,
         );
-    }
-}
-
-/// One access-log record, emitted on the telemetry thread.
-struct AccessRecord {
-    /// A server error (logged at `warn`); `info` otherwise.
-    warn: bool,
-    message: &'static str,
-    route: Label,
-    method: http::Method,
-    trace_id: Option<TraceId>,
-    key_id: Option<Arc<str>>,
-    cache: Option<&'static str>,
-    /// The model as the client named it.
-    model: Option<Arc<str>>,
-    provider: Option<Label>,
-    stream: bool,
-    finished: Finished,
-    error: Option<GatewayError>,
-}
-
-impl AccessRecord {
-    /// The access line: a root event (no parent span) with the request's own id, route and method,
-    /// so the log formatter does not read the request span's fields.
-    fn emit(self) {
-        let f = &self.finished;
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let (input, output) = f.usage.map_or((None, None), |u| {
-            (Some(u.prompt_tokens), Some(u.completion_tokens))
-        });
-        let cost = f.cost.map(tracing::field::display);
-        let error_kind = self.error.as_ref().map(GatewayError::kind);
-        let error = self.error.as_ref().map(tracing::field::display);
-        let trace_id = self.trace_id.map(super::otel::TraceIdHex::new);
-        macro_rules! access {
-            ($level:expr) => {
-                tracing::event!(
-                    target: super::ACCESS_TARGET,
-                    parent: None,
-                    $level,
-                    request_id = &*f.request_id,
-                    route = &*self.route.0,
-                    method = %self.method,
-                    trace_id = trace_id.as_ref().map(|t| tracing::field::display(t.as_str())),
-                    key_id = self.key_id.as_deref(),
-                    cache = self.cache,
-                    status = f.status,
-                    model = self.model.as_deref(),
-                    provider = self.provider.as_ref().map(|l| &*l.0),
-                    stream = self.stream,
-                    latency_ms = ms(f.latency),
-                    ttft_ms = f.ttft.map(ms),
-                    upstream_ms = f.upstream.map(ms),
-                    overhead_ms = f.overhead.map(ms),
-                    input_tokens = input,
-                    output_tokens = output,
-                    usage_estimated = f.usage_estimated,
-                    cost_usd = cost,
-                    cut = f.cut,
-                    error.kind = error_kind,
-                    error.message = error,
-                    "{}",
-                    self.message
-                )
-            };
-        }
-        if self.warn {
-            access!(tracing::Level::WARN);
-        } else {
-            access!(tracing::Level::INFO);
-        }
     }
 }
 

@@ -71,7 +71,7 @@ impl Batched<NonBlocking> {
 impl<W: Write> Batched<W> {
     /// Batches in front of any writer.
     #[cfg(test)]
-    fn new(inner: W) -> Self {
+    pub(super) fn new(inner: W) -> Self {
         Self::build(inner, None)
     }
 

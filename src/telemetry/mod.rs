@@ -2,6 +2,7 @@
 //! Prometheus metrics, the per-request [`call::Call`] record, the request log it feeds, and the
 //! telemetry thread ([`background`]) that writes a finished call's log line, spans and record.
 
+mod access_log;
 pub mod background;
 pub mod call;
 pub mod json_log;
@@ -369,12 +370,13 @@ fn only_request_span() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
 /// the access record carries a call's values, and any other span would be created, entered and
 /// formatted on the request path for nothing.
 ///
-/// Both filters are global (the log layer is the only layer): a per-layer filter made every span
-/// enter, exit and close, and every event, go through its bookkeeping on the request thread, and
-/// spans no one records were still created.
+/// Both filters are global (the log layer is the only layer that records anything; the access sink
+/// only holds the writer for access lines written without `tracing`, `access_log`): a per-layer
+/// filter made every span enter, exit and close, and every event, go through its bookkeeping on the
+/// request thread, and spans no one records were still created.
 pub fn install<W>(config: &LogConfig, otel: Option<&otel::OtelGuard>, writer: W, ansi: bool)
 where
-    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+    W: for<'w> fmt::MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
@@ -386,7 +388,7 @@ where
 }
 
 /// The log subscriber of [`install`]: `filter` and [`only_request_span`] as global filters, then the
-/// log layer in `format`.
+/// log layer in `format`, then the access sink (the JSON format's direct access lines).
 fn log_subscriber<W>(
     filter: EnvFilter,
     format: LogFormat,
@@ -394,20 +396,27 @@ fn log_subscriber<W>(
     ansi: bool,
 ) -> impl tracing::Subscriber + Send + Sync
 where
-    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+    W: for<'w> fmt::MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
-    let layer = match format {
-        LogFormat::Json => fmt::layer()
-            .fmt_fields(span_fields::JsonSpanFields)
-            .event_format(json_log::JsonEvent)
-            .with_writer(writer)
-            .boxed(),
-        LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
+    let (layer, access) = match format {
+        LogFormat::Json => (
+            fmt::layer()
+                .fmt_fields(span_fields::JsonSpanFields)
+                .event_format(json_log::JsonEvent)
+                .with_writer(writer.clone())
+                .boxed(),
+            access_log::AccessSink::to(writer),
+        ),
+        LogFormat::Text => (
+            fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
+            access_log::AccessSink::none(),
+        ),
     };
     tracing_subscriber::registry()
         .with(filter)
         .with(only_request_span())
         .with(layer)
+        .with(access)
 }
 
 #[cfg(test)]
