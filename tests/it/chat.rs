@@ -26,6 +26,36 @@ async fn mock_provider_answers_without_network() {
     assert_eq!(body["usage"]["completion_tokens"], 16);
 }
 
+/// The README's demo: the embedded default's public key, a priced mock model, and the cost and
+/// overhead headers on a non-streaming answer, the cost equal to the usage times the demo price.
+#[tokio::test]
+async fn the_embedded_demo_is_priced() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start_secured(sluice::config::DEFAULT_CONFIG, dir).await;
+    let resp = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth("sk-sluice-demo")
+        .json(&chat_body("mock-gpt", "what does this cost?", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cost: rust_decimal::Decimal = resp.headers()["x-sluice-cost-usd"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(resp.headers().contains_key("x-sluice-overhead-ms"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let tokens = |k: &str| rust_decimal::Decimal::from(body["usage"][k].as_u64().unwrap());
+    let expected = (tokens("prompt_tokens") * rust_decimal::Decimal::new(15, 2)
+        + tokens("completion_tokens") * rust_decimal::Decimal::new(60, 2))
+        / rust_decimal::Decimal::from(1_000_000);
+    assert!(cost > rust_decimal::Decimal::ZERO);
+    assert_eq!(cost, expected, "{body}");
+}
+
 #[tokio::test]
 async fn every_uninterpreted_field_reaches_the_upstream_unchanged() {
     let upstream = MockUpstream::start().await.unwrap();
