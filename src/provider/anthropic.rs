@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::StreamExt;
 use http::{HeaderName, HeaderValue};
 
-use super::http_client::{self, endpoint};
+use super::http_client::{self, Endpoint};
 use super::sse_decode::events;
 use super::{CallContext, ChunkStream, Provider};
 use crate::InitError;
@@ -19,7 +19,7 @@ use crate::protocol::translate::{self, MessagesToChatStream};
 /// The Anthropic provider.
 pub struct Anthropic {
     name: String,
-    base_url: String,
+    messages: Endpoint,
     client: reqwest::Client,
     first_byte_timeout: std::time::Duration,
     default_max_tokens: u32,
@@ -38,7 +38,7 @@ impl Anthropic {
         })?;
         Ok(Self {
             name: name.to_owned(),
-            base_url: config.base_url.clone(),
+            messages: Endpoint::new(name, &config.base_url, "messages")?,
             client: http_client::build(name, config, auth)?,
             first_byte_timeout: config.first_byte_timeout,
             default_max_tokens: config.default_max_tokens,
@@ -53,7 +53,7 @@ impl Anthropic {
     ) -> Result<reqwest::Response, GatewayError> {
         let request = self
             .client
-            .post(endpoint(&self.base_url, "messages"))
+            .post(self.messages.url())
             .header(
                 HeaderName::from_static("anthropic-version"),
                 self.version.clone(),

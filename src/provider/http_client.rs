@@ -65,9 +65,29 @@ pub fn api_key(name: &str, config: &HttpProviderConfig) -> Result<Option<String>
     }
 }
 
-/// Joins the configured base URL and an endpoint path (`chat/completions`).
-pub fn endpoint(base_url: &str, path: &str) -> String {
-    format!("{}/{}", base_url.trim_end_matches('/'), path)
+/// An upstream endpoint: the configured base URL joined with a path (`chat/completions`), parsed once
+/// when the provider is built. Given the URL as a string, `reqwest` parses it again for every request
+/// (~6,000 instructions, a twentieth of the request thread's work per call: callgrind,
+/// `bench/instructions.sh`); a parsed URL is cloned instead.
+#[derive(Debug, Clone)]
+pub struct Endpoint(reqwest::Url);
+
+impl Endpoint {
+    /// `base_url` joined with `path`.
+    ///
+    /// # Errors
+    /// When the result is not a URL (the config's validation rejects such a base URL first).
+    pub fn new(provider: &str, base_url: &str, path: &str) -> Result<Self, InitError> {
+        let joined = format!("{}/{}", base_url.trim_end_matches('/'), path);
+        reqwest::Url::parse(&joined).map(Self).map_err(|e| {
+            InitError::Config(format!("providers.{provider}.base_url: not a URL ({e})"))
+        })
+    }
+
+    /// The URL, for one request.
+    pub fn url(&self) -> reqwest::Url {
+        self.0.clone()
+    }
 }
 
 /// Largest upstream error body read (bytes).
@@ -151,4 +171,22 @@ async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_joins_the_base_url_and_the_path_once() {
+        for base in ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1/"] {
+            let e = Endpoint::new("up", base, "chat/completions").unwrap();
+            assert_eq!(
+                e.url().as_str(),
+                "http://127.0.0.1:8000/v1/chat/completions"
+            );
+        }
+        let err = Endpoint::new("up", "not a url", "messages").unwrap_err();
+        assert!(err.to_string().contains("providers.up.base_url"), "{err}");
+    }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::http_client::{self, endpoint};
+use super::http_client::{self, Endpoint};
 use super::sse_decode::{error_in_stream, events};
 use super::{CallContext, ChunkStream, CompletionStream, Provider};
 use crate::InitError;
@@ -24,7 +24,9 @@ use crate::protocol::openai::{
 /// An OpenAI-compatible provider.
 pub struct OpenAi {
     name: String,
-    base_url: String,
+    chat: Endpoint,
+    completions: Endpoint,
+    embeddings: Endpoint,
     client: reqwest::Client,
     first_byte_timeout: std::time::Duration,
     stream_usage: bool,
@@ -37,7 +39,9 @@ impl OpenAi {
             .map(|key| (http::header::AUTHORIZATION, format!("Bearer {key}")));
         Ok(Self {
             name: name.to_owned(),
-            base_url: config.base_url.clone(),
+            chat: Endpoint::new(name, &config.base_url, "chat/completions")?,
+            completions: Endpoint::new(name, &config.base_url, "completions")?,
+            embeddings: Endpoint::new(name, &config.base_url, "embeddings")?,
             client: http_client::build(name, config, auth)?,
             first_byte_timeout: config.first_byte_timeout,
             stream_usage: config.stream_usage,
@@ -46,13 +50,13 @@ impl OpenAi {
 
     async fn send(
         &self,
-        path: &str,
+        endpoint: &Endpoint,
         body: &impl Serialize,
         ctx: &CallContext,
     ) -> Result<reqwest::Response, GatewayError> {
         let request = self
             .client
-            .post(endpoint(&self.base_url, path))
+            .post(endpoint.url())
             .json(body)
             .headers(ctx.upstream_headers());
         http_client::send(&self.name, request, self.first_byte_timeout).await
@@ -60,25 +64,25 @@ impl OpenAi {
 
     async fn call<T: DeserializeOwned>(
         &self,
-        path: &str,
+        endpoint: &Endpoint,
         body: &impl Serialize,
         ctx: &CallContext,
     ) -> Result<T, GatewayError> {
-        let response = self.send(path, body, ctx).await?;
+        let response = self.send(endpoint, body, ctx).await?;
         http_client::read_json(&self.name, response).await
     }
 
     /// Opens an SSE stream and decodes each `data:` payload as `T` until `[DONE]`.
     async fn stream<T>(
         &self,
-        path: &str,
+        endpoint: &Endpoint,
         body: &impl Serialize,
         ctx: &CallContext,
     ) -> Result<futures_util::stream::BoxStream<'static, Result<T, GatewayError>>, GatewayError>
     where
         T: DeserializeOwned + StreamItem + Send + 'static,
     {
-        let response = self.send(path, body, ctx).await?;
+        let response = self.send(endpoint, body, ctx).await?;
         let provider = self.name.clone();
         let mut events = events(&self.name, response.bytes_stream()).boxed();
         Ok(async_stream::stream! {
@@ -174,7 +178,7 @@ impl Provider for OpenAi {
         req: ChatRequest,
         ctx: CallContext,
     ) -> BoxFuture<'_, Result<ChatCompletion, GatewayError>> {
-        Box::pin(async move { self.call("chat/completions", &req, &ctx).await })
+        Box::pin(async move { self.call(&self.chat, &req, &ctx).await })
     }
 
     fn chat_stream(
@@ -186,7 +190,7 @@ impl Provider for OpenAi {
             if self.stream_usage {
                 ask_for_usage(&mut req.stream_options);
             }
-            self.stream("chat/completions", &req, &ctx).await
+            self.stream(&self.chat, &req, &ctx).await
         })
     }
 
@@ -195,7 +199,7 @@ impl Provider for OpenAi {
         req: CompletionRequest,
         ctx: CallContext,
     ) -> BoxFuture<'_, Result<Completion, GatewayError>> {
-        Box::pin(async move { self.call("completions", &req, &ctx).await })
+        Box::pin(async move { self.call(&self.completions, &req, &ctx).await })
     }
 
     fn completion_stream(
@@ -207,7 +211,7 @@ impl Provider for OpenAi {
             if self.stream_usage {
                 ask_for_usage(&mut req.stream_options);
             }
-            self.stream("completions", &req, &ctx).await
+            self.stream(&self.completions, &req, &ctx).await
         })
     }
 
@@ -216,6 +220,6 @@ impl Provider for OpenAi {
         req: EmbeddingsRequest,
         ctx: CallContext,
     ) -> BoxFuture<'_, Result<EmbeddingsResponse, GatewayError>> {
-        Box::pin(async move { self.call("embeddings", &req, &ctx).await })
+        Box::pin(async move { self.call(&self.embeddings, &req, &ctx).await })
     }
 }
