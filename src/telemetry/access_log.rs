@@ -2,18 +2,17 @@
 //! lets [`ACCESS_TARGET`] through; a telemetry job ([`super::background`]) writes it.
 //!
 //! With the JSON log format the line is written straight into the log writer ([`AccessSink`], a
-//! layer of the log subscriber that only holds the writer): the same JSON object as the `tracing`
-//! event below would give (a test compares them member by member), built in one buffer with the
-//! member names as constants. In the text format, or when the current subscriber has no sink, the
+//! layer of the log subscriber that only holds the writer): the bytes the `tracing` event below
+//! would give (a test compares both paths), built in one buffer with the member names as constants. In the text format, or when the current subscriber has no sink, the
 //! record is a `tracing` event of [`ACCESS_TARGET`] as before.
 //!
 //! Why: through `tracing` the event's ~22 fields go one by one through its field visitors (a
 //! virtual call per field, each name escaped again) into the formatting layer's buffer, which is then
 //! copied into the writer. Callgrind (`MODES="off on" bench/instructions.sh 2000`, run
 //! instr-20261129T142930Z) counted ~13,400 instructions per access line that way, on the request
-//! thread's core (most lines are written in the worker's idle time). Writing the line directly takes
-//! a fraction of that (`docs/BENCHMARKS.md`, "Session 15"). Not a crate: the point is to skip the
-//! generic event machinery for one line whose shape is fixed.
+//! thread's core (most lines are written in the worker's idle time). Written directly, a line takes
+//! ~7,000 (instr-20261129T144136Z; `docs/BENCHMARKS.md`, "Session 15"). Not a crate: the point is
+//! to skip the generic event machinery for one line whose shape is fixed.
 //!
 //! One difference from the event: a line written directly never carries a `span` member. The event
 //! is a root event, so it only had one when its job ran inline on a request's own thread inside the
@@ -407,20 +406,23 @@ mod tests {
         rest
     }
 
+    /// Emits [`records`] through Sluice's log subscriber in `format`, into `writer`.
+    fn emit_through<W>(format: LogFormat, writer: W)
+    where
+        W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
+    {
+        tracing::subscriber::with_default(
+            super::super::log_subscriber(EnvFilter::new("info"), format, writer, false),
+            || records().into_iter().for_each(AccessRecord::emit),
+        );
+    }
+
     #[test]
     fn a_direct_line_is_the_event_line_byte_for_byte() {
         let direct = Buf::default();
         let event = Buf::default();
         let d = direct.clone();
-        tracing::subscriber::with_default(
-            super::super::log_subscriber(
-                EnvFilter::new("info"),
-                LogFormat::Json,
-                move || d.clone(),
-                false,
-            ),
-            || records().into_iter().for_each(AccessRecord::emit),
-        );
+        emit_through(LogFormat::Json, move || d.clone());
         // The event path: the same JSON layer, no sink.
         let e = event.clone();
         let subscriber = tracing_subscriber::registry().with(
@@ -439,7 +441,7 @@ mod tests {
             assert_eq!(without_timestamp(d), without_timestamp(e));
             serde_json::from_str::<serde_json::Value>(d).unwrap();
         }
-        // The full record has every member, in the event's order.
+        // Spot checks of the values (the comparison above checked every byte and the order).
         let full: serde_json::Value = serde_json::from_str(&direct[0]).unwrap();
         assert_eq!(full["level"], "WARN");
         assert_eq!(full["request_id"], "r-\"1\"\n");
@@ -459,15 +461,7 @@ mod tests {
     fn the_text_format_writes_the_event() {
         let out = Buf::default();
         let o = out.clone();
-        tracing::subscriber::with_default(
-            super::super::log_subscriber(
-                EnvFilter::new("info"),
-                LogFormat::Text,
-                move || o.clone(),
-                false,
-            ),
-            || records().into_iter().for_each(AccessRecord::emit),
-        );
+        emit_through(LogFormat::Text, move || o.clone());
         let lines = lines(&out);
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(
@@ -481,15 +475,7 @@ mod tests {
     fn direct_lines_are_access_lines_to_the_batching_writer() {
         let out = Buf::default();
         let batched = Batched::new(out.clone());
-        tracing::subscriber::with_default(
-            super::super::log_subscriber(
-                EnvFilter::new("info"),
-                LogFormat::Json,
-                batched.clone(),
-                false,
-            ),
-            || records().into_iter().for_each(AccessRecord::emit),
-        );
+        emit_through(LogFormat::Json, batched.clone());
         // Held for a batch, as every access line is, until the batch is sent.
         assert!(lines(&out).is_empty());
         batched.flush();
