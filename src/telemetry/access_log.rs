@@ -21,7 +21,7 @@
 use std::fmt::Display;
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::TraceId;
 use tracing::subscriber::Interest;
@@ -57,9 +57,6 @@ pub(super) struct AccessRecord {
 /// A line's usual length is ~450–650 bytes: one allocation.
 const LINE_CAPACITY: usize = 768;
 
-/// 10000-01-01T00:00:00Z in seconds since the epoch: `humantime` formats only times before it.
-const HUMANTIME_END_SECS: u64 = 253_402_300_800;
-
 impl AccessRecord {
     /// Writes the line: straight into the current subscriber's [`AccessSink`] when it has one, else as
     /// a `tracing` event.
@@ -91,20 +88,16 @@ impl AccessRecord {
     /// The line as `json_log::JsonEvent` writes the event of [`Self::emit_event`], newline included:
     /// timestamp, level, message, the fields in the event's order (absent ones left out), target.
     fn write_json(&self, now: SystemTime, out: &mut Vec<u8>) -> std::io::Result<()> {
-        if !now
-            .duration_since(UNIX_EPOCH)
-            .is_ok_and(|d| d.as_secs() < HUMANTIME_END_SECS)
-        {
+        let Some(timestamp) = super::json_log::timestamp(now) else {
             return Err(std::io::Error::other(
                 "clock outside what humantime formats",
             ));
-        }
+        };
         let f = &self.finished;
         let mut line = Members(out);
         write!(
             line.0,
-            "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
-            humantime::format_rfc3339_micros(now),
+            "{{\"timestamp\":\"{timestamp}\",\"level\":\"{}\"",
             self.metadata().level().as_str()
         )?;
         line.str("message", self.message)?;

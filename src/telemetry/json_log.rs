@@ -31,6 +31,16 @@ use super::span_fields::{JsonSpanFields, Members, write_json_string};
 /// 10000-01-01T00:00:00Z in seconds since the epoch: `humantime` formats only times before it.
 const HUMANTIME_END_SECS: u64 = 253_402_300_800;
 
+/// `now` in RFC 3339, UTC, with microseconds (as `fmt::time::SystemTime` writes it; nothing in it
+/// needs escaping), when `humantime` can write it: `None` before 1970 or after 9999 (a broken clock).
+/// `humantime` fills a fixed buffer where `SystemTime` goes through `write!` for each part (~4,000
+/// instructions a line, callgrind run instr-20261128T214849Z).
+pub(super) fn timestamp(now: std::time::SystemTime) -> Option<humantime::Rfc3339Timestamp> {
+    now.duration_since(std::time::UNIX_EPOCH)
+        .is_ok_and(|d| d.as_secs() < HUMANTIME_END_SECS)
+        .then(|| humantime::format_rfc3339_micros(now))
+}
+
 /// The JSON event format (see the module docs). Span fields must be stored by [`JsonSpanFields`]:
 /// their text is copied into the line as it is.
 #[derive(Debug, Default, Clone, Copy)]
@@ -50,16 +60,9 @@ where
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         writer.write_str("{\"timestamp\":\"")?;
-        // RFC 3339 in UTC with microseconds, as `fmt::time::SystemTime` writes it: nothing in it needs
-        // escaping. `humantime` fills a fixed buffer where `SystemTime` goes through `write!` for
-        // each part (~4,000 instructions a line, callgrind run instr-20261128T214849Z); it cannot
-        // write a time before 1970 or after 9999 (a broken clock), which `SystemTime` then does.
-        let now = std::time::SystemTime::now();
-        if now
-            .duration_since(std::time::UNIX_EPOCH)
-            .is_ok_and(|d| d.as_secs() < HUMANTIME_END_SECS)
-        {
-            write!(writer, "{}", humantime::format_rfc3339_micros(now))?;
+        // A time `humantime` cannot write is written by `SystemTime`.
+        if let Some(now) = timestamp(std::time::SystemTime::now()) {
+            write!(writer, "{now}")?;
         } else {
             SystemTime.format_time(&mut writer)?;
         }
