@@ -206,7 +206,7 @@ impl Pacer {
 
     /// Units done since the last yield (for tests: the yield itself cannot be observed).
     #[cfg(test)]
-    const fn pending(&self) -> u32 {
+    pub(super) const fn pending(&self) -> u32 {
         self.done
     }
 }

@@ -33,6 +33,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use prost::Message as _;
 
+use super::background::Pacer;
 use super::otel::OtelError;
 use super::otlp_encode::{self, EncodedResource};
 
@@ -157,7 +158,8 @@ impl HttpExporter {
         }
         let deadline = Instant::now() + self.timeout;
         let mut body = Vec::with_capacity(self.last_len.load(Ordering::Relaxed));
-        otlp_encode::export_request(&mut body, &self.resource, batch);
+        let mut pacer = Pacer::new(otlp_encode::SPANS_PER_YIELD);
+        otlp_encode::export_request(&mut body, &self.resource, batch, &mut pacer);
         self.last_len.store(body.len(), Ordering::Relaxed);
         let body = Bytes::from(body);
         let mut pause = INITIAL_RETRY_DELAY;
