@@ -426,10 +426,48 @@ async fn the_writer_applies_retention_by_age_and_by_rows() {
 }
 
 #[tokio::test]
+async fn retention_follows_every_batch_so_a_full_log_stays_at_its_limit() {
+    let dir = TempDir::new();
+    let (log, writer) = RequestLog::open_with(
+        &RequestLogConfig {
+            retention_max_rows: 10,
+            ..config(&dir)
+        },
+        // No timed passes during the test: only the steps that follow the batches.
+        Tuning {
+            retention_interval: Duration::from_hours(1),
+            ..fast()
+        },
+    )
+    .unwrap();
+    let path = dir.db();
+    for round in 1..=3_u64 {
+        for i in 0..25 {
+            log.record(rec(&format!("b{round}-{i:02}")));
+        }
+        eventually("the batch to be written", || {
+            log.written_count() == 25 * round
+        })
+        .await;
+        eventually("the surplus to be deleted", || count(&path) == 10).await;
+    }
+    writer.shutdown(SHUTDOWN).await;
+    let newest: Vec<_> = log
+        .query(&RequestFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(newest.len(), 10);
+    assert!(newest.iter().all(|id| id.starts_with("b3-")), "{newest:?}");
+}
+
+#[tokio::test]
 async fn filters_order_and_limits() {
     let dir = TempDir::new();
     let (log, writer) = open(&config(&dir));
-    let t0 = 1_700_000_000_000;
+    // An hour ago: inside the default retention age (retention runs after every batch).
+    let t0 = now_unix_ms() - 3_600_000;
     for i in 0..1100_i64 {
         log.record(RequestRecord {
             received_at: t0 + i,

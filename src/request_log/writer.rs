@@ -17,6 +17,10 @@
 //! one batch's pages, instead of SQLite's ~4 MB copy every 1000 pages inside a commit, which held the
 //! request threads' core for ~5 ms (`docs/BENCHMARKS.md`, session 8); the WAL stays small.
 //!
+//! Retention: a step after every batch deletes what the retention rules say, at most
+//! [`RETENTION_CHUNK`] rows per rule, in statements of a few rows with the core yielded between them
+//! (`store::apply_retention`), so deletes keep pace with inserts and never come as one long run.
+//!
 //! Failure: a batch that fails with a transient error (lock, full disk) is kept and retried with
 //! backoff; meanwhile no more is taken off the queue, so the queue fills and `record()` sheds. A batch
 //! that fails for another reason is retried one record at a time and the failures are counted.
@@ -78,6 +82,16 @@ pub(crate) struct Counters {
     pub failed: AtomicU64,
 }
 
+/// Most rows a retention step deletes per rule, in one transaction (`store::apply_retention`). A step
+/// follows every batch (and runs every `retention_interval` when no records come), and one that hit
+/// this limit is followed by another at once, so a full log stays within about a batch of its
+/// limits: at twice `batch_max`, deleting outpaces inserting until a backlog is gone. Until session
+/// 16 retention ran once a minute with steps of 10,000 rows: with a full log at 2,000 requests/s that
+/// was a minute's surplus (120,000 rows) deleted in steps each holding the core for ~30 ms in one
+/// statement, then ~2 ms committing and ~6 ms checkpointing (`bench/reqlog_bursts.py`,
+/// `docs/BENCHMARKS.md`); now the longest statement is ~0.1 ms.
+pub(crate) const RETENTION_CHUNK: u32 = 512;
+
 /// Knobs that are constants in production and shortened in tests.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tuning {
@@ -85,7 +99,8 @@ pub(crate) struct Tuning {
     pub batch_max: usize,
     /// How long the first record of a batch waits for company.
     pub linger: Duration,
-    /// Time between retention passes (a pass that hit its chunk limit is followed at once).
+    /// Time between retention passes while no records come (one follows every batch, and a pass that
+    /// hit its chunk limit is followed by another at once).
     pub retention_interval: Duration,
     /// Most rows one retention step deletes per rule.
     pub retention_chunk: u32,
@@ -101,7 +116,7 @@ impl Default for Tuning {
             batch_max: 256,
             linger: Duration::from_millis(100),
             retention_interval: Duration::from_mins(1),
-            retention_chunk: 10_000,
+            retention_chunk: RETENTION_CHUNK,
             busy_timeout: Duration::from_secs(1),
             retry_backoff: (Duration::from_millis(50), Duration::from_secs(2)),
         }
@@ -166,7 +181,10 @@ impl Writer {
                     () = tokio::time::sleep(self.tuning.linger) => {}
                 }
             }
-            self.write_queued(&mut pending).await;
+            if self.write_queued(&mut pending).await && !stopping {
+                // Deletes keep pace with inserts: a retention step after every batch.
+                next_retention = self.retention_step();
+            }
         }
         // Shutdown: refuse new records (they are shed), then write everything already queued.
         // `recv_many` returns 0 only once the queue is closed, empty and no send is in flight.
@@ -184,18 +202,21 @@ impl Writer {
         self.finish();
     }
 
-    /// Tops `pending` up from the queue and writes it as one batch. One batch per round, so that under
-    /// sustained load the loop still gets back to the stop signal and to retention between batches.
-    async fn write_queued(&mut self, pending: &mut Vec<Queued>) {
+    /// Tops `pending` up from the queue and writes it as one batch; false if there was nothing to
+    /// write. One batch per round, so that under sustained load the loop still gets back to the stop
+    /// signal and to retention between batches.
+    async fn write_queued(&mut self, pending: &mut Vec<Queued>) -> bool {
         while pending.len() < self.tuning.batch_max {
             match self.rx.try_recv() {
                 Ok(q) => pending.push(q),
                 Err(_) => break,
             }
         }
-        if !pending.is_empty() {
-            self.write_batch(pending).await;
+        if pending.is_empty() {
+            return false;
         }
+        self.write_batch(pending).await;
+        true
     }
 
     /// Writes one batch, retrying transient failures until it succeeds or shutdown gives up on it.
@@ -263,10 +284,10 @@ impl Writer {
     }
 
     /// One retention step; returns when the next one is due.
-    fn retention_step(&self) -> Instant {
+    fn retention_step(&mut self) -> Instant {
         let now = Instant::now();
         let step = store::apply_retention(
-            &self.conn,
+            &mut self.conn,
             &self.retention,
             now_unix_ms(),
             self.tuning.retention_chunk,
