@@ -565,6 +565,29 @@ mod tests {
     }
 
     #[test]
+    fn a_retention_step_compiles_its_delete_once_not_per_piece() {
+        let mut conn = memory();
+        let now = 100 * DAY_MS;
+        let old: Vec<_> = (0..100)
+            .map(|i| rec(&format!("old{i:03}"), now - 2 * DAY_MS))
+            .collect();
+        insert_batch(&mut conn, &old).unwrap();
+        let retention = Retention {
+            max_age: Duration::from_hours(24),
+            max_rows: 1000,
+        };
+        // Four pieces of 16.
+        let step = apply_retention(&mut conn, &retention, now, 64).unwrap();
+        assert_eq!(step.deleted, 64);
+        let reprepared = conn
+            .prepare_cached(DELETE_EXPIRED)
+            .unwrap()
+            .get_status(rusqlite::StatementStatus::RePrepare);
+        // Binding the bound once per step costs at most one recompilation, not one per piece.
+        assert!(reprepared <= 1, "{reprepared} recompilations for one step");
+    }
+
+    #[test]
     fn non_finite_and_huge_numbers_are_stored() {
         let mut conn = memory();
         let mut r = rec("x", 1);
