@@ -18,7 +18,8 @@ checkpoint:
 
 - one statement per step, in its own transaction (the retention before session 16, 10,000 rows);
 - a transaction per step of 512 rows, in statements of 16 rows (what `store::apply_retention` does
-  now: the writer yields the core between statements, so the longest run is one statement).
+  now: the writer yields the core between statements, so the longest run is one statement), and in
+  statements of 4 rows for comparison.
 
 Printed, per way, the medians over steps of the step's CPU, of its longest statement (what holds the
 core without a yield: the writer yields between statements), of its commit and of the checkpoint
@@ -132,6 +133,7 @@ def main():
             batches(conn, per_commit, count)
         report("10,000 rows in one statement (before)", steps(conn, 10_000, 10_000, min(count, rows // 20_000)))
         report("512 rows in statements of 16 (now)", steps(conn, 512, 16, count))
+        report("512 rows in statements of 4", steps(conn, 512, 4, count))
         conn.close()
 
 

@@ -275,8 +275,10 @@ pub(crate) struct RetentionStep {
     pub more: bool,
 }
 
-/// Rows one retention statement deletes; the core is yielded between statements (16 rows is ~0.1 ms
-/// of work here, `bench/reqlog_bursts.py`).
+/// Rows one retention statement deletes; the core is yielded between statements. Offline
+/// (`bench/reqlog_bursts.py`) a step's slowest statement of 16 rows was 0.1–0.15 ms; pieces of 4
+/// made it about a third shorter for about a third more CPU per row, and either is far below the
+/// step's commit and checkpoint (~0.5 and ~0.8 ms), the longest runs the writer has anyway.
 const ROWS_PER_DELETE: u32 = 16;
 
 const DELETE_EXPIRED: &str = "DELETE FROM requests WHERE seq IN \
@@ -339,10 +341,12 @@ fn max_seq(conn: &Connection) -> rusqlite::Result<Option<i64>> {
 /// Runs `sql` (a delete taking a bound and a row limit) until it has deleted `chunk` rows or finds
 /// fewer than it asked for; returns how many it deleted.
 ///
-/// The parameters are bound once, not per statement: SQLite (built with `SQLITE_ENABLE_STAT4`, as
-/// `libsqlite3-sys` builds it) compiles a statement again after a new value is bound to a parameter
-/// of a range condition on an index, ~80,000 instructions here (callgrind), more than deleting
-/// 16 rows. Only a last, shorter piece binds its limit again.
+/// The parameters are bound once per step, not per statement: bound anew each time, the delete was
+/// compiled again before every execution (callgrind: one `sqlite3Reprepare` per execution, ~80,000
+/// instructions, more than deleting the rows; SQLite as `libsqlite3-sys` builds it has
+/// `SQLITE_ENABLE_STAT4`, which lets bound values of range conditions change the plan). Bindings
+/// outlive a reset, so the same statement runs again as it is; only a last, shorter piece binds its
+/// limit anew.
 fn delete_in_pieces(conn: &Connection, sql: &str, bound: i64, chunk: u32) -> rusqlite::Result<u32> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut pacer = crate::telemetry::background::Pacer::new(1);

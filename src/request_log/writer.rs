@@ -87,9 +87,9 @@ pub(crate) struct Counters {
 /// this limit is followed by another at once, so a full log stays within about a batch of its
 /// limits: at twice `batch_max`, deleting outpaces inserting until a backlog is gone. Until session
 /// 16 retention ran once a minute with steps of 10,000 rows: with a full log at 2,000 requests/s that
-/// was a minute's surplus (120,000 rows) deleted in steps each holding the core for ~30 ms in one
-/// statement, then ~2 ms committing and ~6 ms checkpointing (`bench/reqlog_bursts.py`,
-/// `docs/BENCHMARKS.md`); now the longest statement is ~0.1 ms.
+/// was a minute's surplus (120,000 rows) deleted in steps each holding the core for 30–50 ms in one
+/// statement, then ~2.4 ms committing and ~7 ms checkpointing (`bench/reqlog_bursts.py` offline,
+/// `docs/BENCHMARKS.md` session 16); now the longest statement is 0.1–0.15 ms.
 pub(crate) const RETENTION_CHUNK: u32 = 512;
 
 /// Knobs that are constants in production and shortened in tests.
