@@ -3,8 +3,9 @@
 //!
 //! With the JSON log format the line is written straight into the log writer ([`AccessSink`], a
 //! layer of the log subscriber that only holds the writer): the bytes the `tracing` event below
-//! would give (a test compares both paths), built in one buffer with the member names as constants. In the text format, or when the current subscriber has no sink, the
-//! record is a `tracing` event of [`ACCESS_TARGET`] as before.
+//! would give (a test compares both paths), built in one buffer with the member names as constants.
+//! In the text format, or when the current subscriber has no sink, the record is a `tracing` event
+//! of [`ACCESS_TARGET`] as before.
 //!
 //! Why: through `tracing` the event's ~22 fields go one by one through its field visitors (a
 //! virtual call per field, each name escaped again) into the formatting layer's buffer, which is then

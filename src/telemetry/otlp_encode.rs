@@ -28,8 +28,9 @@ use prost::encoding::{encode_varint, encoded_len_varint};
 
 use super::background::Pacer;
 
-/// Spans encoded between yields of the core: ~2 µs each (~3,600 instructions, `bench/instructions.sh`),
-/// so a batch of 64 is eight pieces of ~15 µs instead of one run of ~130 µs on the core the request
+/// Spans encoded between yields of the core. A span is ~3,600 instructions to encode (callgrind,
+/// `bench/instructions.sh`, session 16), so a piece is ~29,000, about what the other background
+/// threads do between yields, where a batch of 64 was one run of ~230,000 on the core the request
 /// threads share.
 pub(super) const SPANS_PER_YIELD: u32 = 8;
 
