@@ -57,7 +57,7 @@ PRAGMA user_version = 2;
 COMMIT;
 ";
 
-const INSERT: &str = "INSERT INTO requests (id, received_at, trace_id, key_id, route, method, model,
+const INSERT: &str = "INSERT OR ROLLBACK INTO requests (id, received_at, trace_id, key_id, route, method, model,
     provider, status, stream, latency_ms, ttft_ms, upstream_ms, input_tokens, output_tokens, cost_usd,
     error_kind, cache, error_message, request_body, response_body, timeline)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
@@ -135,56 +135,107 @@ fn migrate(conn: &Connection) -> Result<(), RequestLogError> {
     Ok(())
 }
 
-/// Records inserted between yields of the core (~25 µs of work): a batch is up to 256 records, a few
-/// ms of CPU, which would otherwise hold the core for a whole scheduler slice while a request thread
-/// waits (`telemetry::background`'s docs).
-const RECORDS_PER_YIELD: u32 = 4;
+/// Records per INSERT statement, and so between yields of the core (~25 µs of work): a batch is up
+/// to 256 records, a few ms of CPU, which would otherwise hold the core for a whole scheduler slice
+/// while a request thread waits (`telemetry::background`'s docs).
+///
+/// Several rows per statement, not one: each execution of a statement opens a cursor on the table
+/// and on each of its four indexes, seeks every index from its root and closes them again; in one
+/// statement of several rows SQLite keeps them open, and an index whose keys only grow (`seq`,
+/// `received_at`, and `id` for Sluice's UUIDv7 ids) takes the next row on the page it is already on.
+/// Measured with callgrind on the writer (`bench/instructions.sh`, docs/BENCHMARKS.md session 17).
+/// Four keeps the pieces between yields as they were with one row per statement and a yield every
+/// four records.
+const ROWS_PER_INSERT: usize = 4;
 
-/// Inserts `records` in one transaction: all or none. Yields the core every [`RECORDS_PER_YIELD`]
-/// records (readers are not blocked meanwhile: WAL).
+/// Parameters per row of [`INSERT`].
+const COLUMNS_PER_ROW: usize = 22;
+
+/// [`INSERT`] with [`ROWS_PER_INSERT`] rows: `?` after `?22` numbers on from 23.
+static INSERT_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let row = format!("({})", ["?"; COLUMNS_PER_ROW].join(", "));
+    let mut sql = INSERT.to_owned();
+    for _ in 1..ROWS_PER_INSERT {
+        sql.push_str(", ");
+        sql.push_str(&row);
+    }
+    sql
+});
+
+/// Inserts `records` in one transaction, in their order: all or none. Statements of
+/// [`ROWS_PER_INSERT`] rows (the last few records one at a time), with the core yielded after each
+/// (readers are not blocked meanwhile: WAL).
 pub(crate) fn insert_batch(
     conn: &mut Connection,
     records: &[RequestRecord],
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
-        let mut stmt = tx.prepare_cached(INSERT)?;
-        let mut pacer = crate::telemetry::background::Pacer::new(RECORDS_PER_YIELD);
+        let mut pacer = crate::telemetry::background::Pacer::new(1);
         let mut json = Vec::with_capacity(256);
-        for r in records {
-            pacer.tick();
-            json.clear();
-            serde_json::to_writer(&mut json, &timeline::Stored(&r.timeline))
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            // serde_json writes UTF-8: bound as text straight from the buffer, no String or UTF-8 check.
-            let timeline = ToSqlOutput::Borrowed(ValueRef::Text(&json));
-            stmt.execute(rusqlite::params![
-                r.id,
-                r.received_at,
-                r.trace_id,
-                r.key_id,
-                r.route,
-                r.method,
-                r.model,
-                r.provider,
-                r.status,
-                r.stream,
-                finite(Some(r.latency_ms)),
-                finite(r.ttft_ms),
-                finite(r.upstream_ms),
-                saturating_i64(r.input_tokens),
-                saturating_i64(r.output_tokens),
-                r.cost_usd,
-                r.error_kind,
-                r.cache,
-                r.error_message,
-                r.request_body,
-                r.response_body,
-                timeline,
-            ])?;
+        let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
+        if chunks.len() > 0 {
+            let mut rows = tx.prepare_cached(&INSERT_ROWS)?;
+            for chunk in &mut chunks {
+                for (i, r) in chunk.iter().enumerate() {
+                    bind_record(&mut rows, i * COLUMNS_PER_ROW, r, &mut json)?;
+                }
+                rows.raw_execute()?;
+                pacer.tick();
+            }
+        }
+        if !chunks.remainder().is_empty() {
+            let mut one = tx.prepare_cached(INSERT)?;
+            for r in chunks.remainder() {
+                bind_record(&mut one, 0, r, &mut json)?;
+                one.raw_execute()?;
+            }
         }
     }
     tx.commit()
+}
+
+/// Binds `r` to the 22 parameters of one row of [`INSERT`] that follow the first `before`
+/// parameters. `json` is scratch space for the timeline (SQLite copies bound text, so it is reused).
+fn bind_record(
+    stmt: &mut rusqlite::Statement<'_>,
+    before: usize,
+    r: &RequestRecord,
+    json: &mut Vec<u8>,
+) -> rusqlite::Result<()> {
+    json.clear();
+    serde_json::to_writer(&mut *json, &timeline::Stored(&r.timeline))
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    // serde_json writes UTF-8: bound as text straight from the buffer, no String or UTF-8 check.
+    let timeline = ToSqlOutput::Borrowed(ValueRef::Text(json));
+    let values: [&dyn rusqlite::ToSql; COLUMNS_PER_ROW] = [
+        &r.id,
+        &r.received_at,
+        &r.trace_id,
+        &r.key_id,
+        &r.route,
+        &r.method,
+        &r.model,
+        &r.provider,
+        &r.status,
+        &r.stream,
+        &finite(Some(r.latency_ms)),
+        &finite(r.ttft_ms),
+        &finite(r.upstream_ms),
+        &saturating_i64(r.input_tokens),
+        &saturating_i64(r.output_tokens),
+        &r.cost_usd,
+        &r.error_kind,
+        &r.cache,
+        &r.error_message,
+        &r.request_body,
+        &r.response_body,
+        &timeline,
+    ];
+    for (i, value) in values.into_iter().enumerate() {
+        stmt.raw_bind_parameter(before + i + 1, value)?;
+    }
+    Ok(())
 }
 
 /// Copies what the WAL holds into the database file (PASSIVE: it neither waits for nor blocks a
@@ -589,6 +640,80 @@ mod tests {
             .get_status(rusqlite::StatementStatus::RePrepare);
         // Binding the bound once per step costs at most one recompilation, not one per piece.
         assert!(reprepared <= 1, "{reprepared} recompilations for one step");
+    }
+
+    /// A record whose every column differs from record `i - 1`'s and `i + 1`'s, so a value bound to
+    /// the wrong row or the wrong parameter shows.
+    fn distinct(i: u32) -> RequestRecord {
+        let n = f64::from(i);
+        RequestRecord {
+            id: format!("r{i}"),
+            received_at: 1000 + i64::from(i),
+            trace_id: Some(format!("{i:032x}")),
+            key_id: (i % 2 == 0).then(|| format!("key-{i}")),
+            route: format!("/v1/route-{i}"),
+            method: ["POST", "GET"][i as usize % 2].to_owned(),
+            model: Some(format!("model-{i}")),
+            provider: Some(format!("provider-{i}")),
+            status: 200 + u16::try_from(i).unwrap(),
+            stream: i % 2 == 1,
+            latency_ms: 1.5 + n,
+            ttft_ms: Some(0.25 + n),
+            upstream_ms: (i % 3 != 0).then_some(0.5 + n),
+            input_tokens: Some(u64::from(i) * 10),
+            output_tokens: Some(u64::from(i) * 10 + 1),
+            cost_usd: Some(format!("0.{i:06}")),
+            error_kind: (i % 2 == 1).then(|| format!("kind-{i}")),
+            error_message: Some(format!("message {i}")),
+            cache: Some(format!("cache-{i}")),
+            request_body: Some(format!("{{\"request\":{i}}}")),
+            response_body: (i % 3 == 1).then(|| format!("{{\"response\":{i}}}")),
+            timeline: vec![
+                TimelineEvent::new(0.0, "received"),
+                TimelineEvent::with_detail(n, "done", "ok"),
+            ],
+        }
+    }
+
+    #[test]
+    fn batches_of_every_size_store_each_record_whole_and_in_order() {
+        // Sizes around the rows per statement: remainders only, whole statements, and both.
+        for size in 0..=(2 * ROWS_PER_INSERT + 1) {
+            let mut conn = memory();
+            let batch: Vec<_> = (0..u32::try_from(size).unwrap()).map(distinct).collect();
+            insert_batch(&mut conn, &batch).unwrap();
+            let expected: Vec<_> = batch.iter().map(|r| r.id.clone()).collect();
+            assert_eq!(ids(&conn), expected, "batch of {size}");
+            for r in &batch {
+                assert_eq!(
+                    get(&conn, &r.id).unwrap().as_ref(),
+                    Some(r),
+                    "batch of {size}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_record_stores_none_of_its_batch() {
+        let mut conn = memory();
+        insert_batch(&mut conn, &[rec("before", 1)]).unwrap();
+        // A CHECK the real table does not have, to make one row of a statement fail.
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON requests WHEN NEW.id = 'bad' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        let mut batch: Vec<_> = (0..u32::try_from(ROWS_PER_INSERT + 2).unwrap())
+            .map(distinct)
+            .collect();
+        batch[1].id = "bad".to_owned();
+        assert!(insert_batch(&mut conn, &batch).is_err());
+        assert_eq!(ids(&conn), ["before"]);
+        // The connection is usable again, outside any transaction.
+        assert!(conn.is_autocommit());
+        insert_batch(&mut conn, &[rec("after", 2)]).unwrap();
+        assert_eq!(ids(&conn), ["before", "after"]);
     }
 
     #[test]
