@@ -124,7 +124,10 @@ impl AccessRecord {
         }
         line.bool("usage_estimated", f.usage_estimated);
         if let Some(cost) = f.cost {
-            line.display("cost_usd", cost)?;
+            line.str(
+                "cost_usd",
+                crate::usage::decimal_text::DecimalText::new(cost).as_str(),
+            )?;
         }
         line.bool("cut", f.cut);
         if let Some(e) = &self.error {

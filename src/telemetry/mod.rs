@@ -24,6 +24,7 @@ use tracing_subscriber::prelude::*;
 use crate::config::{LogConfig, LogFormat};
 use crate::error::GatewayError;
 use crate::request_log::{RequestLog, RequestRecord, TimelineEvent};
+use crate::usage::decimal_text::DecimalText;
 use call::{Call, CallSummary, Finished};
 use metrics::Metrics;
 
@@ -179,7 +180,9 @@ impl RequestLogEntry {
             upstream_ms: finished.upstream.map(ms),
             input_tokens: finished.usage.map(|u| u.prompt_tokens),
             output_tokens: finished.usage.map(|u| u.completion_tokens),
-            cost_usd: finished.cost.map(|c| c.normalize().to_string()),
+            cost_usd: finished
+                .cost
+                .map(|c| DecimalText::new(c.normalize()).as_str().to_owned()),
             error_kind: error_kind.map(str::to_owned),
             error_message: summary.error.map(|e| e.to_string()),
             cache: summary.cache.map(str::to_owned),
@@ -234,7 +237,7 @@ pub fn request_spans(
         tracer,
         format!("{method} {route}"),
         headers,
-        Vec::new(),
+        Vec::with_capacity(otel::SERVER_SPAN_ATTRIBUTES),
     ))
 }
 

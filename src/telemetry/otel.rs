@@ -430,6 +430,14 @@ pub fn extract_parent(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
+/// Room for the attributes an upstream span ends with (request, response, usage, cost, content,
+/// error): the SDK keeps the vector it is started with, so ending it does not grow the vector
+/// attribute by attribute.
+const UPSTREAM_SPAN_ATTRIBUTES: usize = 16;
+
+/// Room for the attributes a server span ends with (method, route, request id, status, error).
+pub const SERVER_SPAN_ATTRIBUTES: usize = 5;
+
 /// The OTel spans of one call, built with the SDK directly (see the module docs for why): the call's
 /// own span, started when it arrived, and the client span of its upstream attempt. The SDK's sampler
 /// decides at the start (parent-based: a caller's decision is kept); an unsampled call's spans are
@@ -498,7 +506,10 @@ impl CallSpans {
     /// attempt replaces the first, which ends then with `earlier` (the first attempt's attributes).
     pub fn start_upstream(&mut self, name: String, earlier: Vec<KeyValue>) {
         let span = self.tracer.build_with_context(
-            self.tracer.span_builder(name).with_kind(SpanKind::Client),
+            self.tracer
+                .span_builder(name)
+                .with_kind(SpanKind::Client)
+                .with_attributes(Vec::with_capacity(UPSTREAM_SPAN_ATTRIBUTES)),
             &self.call,
         );
         if let Some(previous) = self.upstream.replace(self.call.with_span(span)) {
