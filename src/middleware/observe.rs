@@ -211,9 +211,9 @@ impl http_body::Body for ObservedBody {
     }
 }
 
-/// `d` in milliseconds with three decimals (whole microseconds, rounded half up), as
-/// `format!("{:.3}", d.as_secs_f64() * 1000.0)` wrote it for every realistic overhead, without
-/// float formatting (~1,000 instructions per response in `bench/instructions.sh`).
+/// `d` in milliseconds with three decimals (whole microseconds, rounded half up): the text
+/// `format!("{:.3}", d.as_secs_f64() * 1000.0)` wrote except at rounding ties, without float
+/// formatting (that took ~1,000 instructions per response, `bench/instructions.sh`).
 fn millis(d: std::time::Duration) -> String {
     let micros = (d.as_nanos() + 500) / 1000;
     let mut text = String::with_capacity(24);

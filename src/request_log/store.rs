@@ -57,8 +57,8 @@ PRAGMA user_version = 2;
 COMMIT;
 ";
 
-const INSERT: &str = "INSERT OR ROLLBACK INTO requests (id, received_at, trace_id, key_id, route, method, model,
-    provider, status, stream, latency_ms, ttft_ms, upstream_ms, input_tokens, output_tokens, cost_usd,
+const INSERT: &str = "INSERT OR ROLLBACK INTO requests (id, received_at, trace_id, key_id, route, method,
+    model, provider, status, stream, latency_ms, ttft_ms, upstream_ms, input_tokens, output_tokens, cost_usd,
     error_kind, cache, error_message, request_body, response_body, timeline)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
     ?21, ?22)";
@@ -696,24 +696,28 @@ mod tests {
 
     #[test]
     fn a_failing_record_stores_none_of_its_batch() {
-        let mut conn = memory();
-        insert_batch(&mut conn, &[rec("before", 1)]).unwrap();
-        // A CHECK the real table does not have, to make one row of a statement fail.
-        conn.execute_batch(
-            "CREATE TRIGGER refuse BEFORE INSERT ON requests WHEN NEW.id = 'bad' \
-             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
-        )
-        .unwrap();
-        let mut batch: Vec<_> = (0..u32::try_from(ROWS_PER_INSERT + 2).unwrap())
-            .map(distinct)
-            .collect();
-        batch[1].id = "bad".to_owned();
-        assert!(insert_batch(&mut conn, &batch).is_err());
-        assert_eq!(ids(&conn), ["before"]);
-        // The connection is usable again, outside any transaction.
-        assert!(conn.is_autocommit());
-        insert_batch(&mut conn, &[rec("after", 2)]).unwrap();
-        assert_eq!(ids(&conn), ["before", "after"]);
+        // A failure inside a statement that ends the statement (ABORT) or the whole transaction
+        // (ROLLBACK, as `INSERT OR ROLLBACK` does on a constraint), from a trigger the real table
+        // does not have.
+        for resolution in ["ABORT", "ROLLBACK"] {
+            let mut conn = memory();
+            insert_batch(&mut conn, &[rec("before", 1)]).unwrap();
+            conn.execute_batch(&format!(
+                "CREATE TRIGGER refuse BEFORE INSERT ON requests WHEN NEW.id = 'bad' \
+                 BEGIN SELECT RAISE({resolution}, 'refused'); END;"
+            ))
+            .unwrap();
+            let mut batch: Vec<_> = (0..u32::try_from(ROWS_PER_INSERT + 2).unwrap())
+                .map(distinct)
+                .collect();
+            batch[1].id = "bad".to_owned();
+            assert!(insert_batch(&mut conn, &batch).is_err(), "{resolution}");
+            assert_eq!(ids(&conn), ["before"], "{resolution}");
+            // The connection is usable again, outside any transaction.
+            assert!(conn.is_autocommit(), "{resolution}");
+            insert_batch(&mut conn, &[rec("after", 2)]).unwrap();
+            assert_eq!(ids(&conn), ["before", "after"], "{resolution}");
+        }
     }
 
     #[test]
