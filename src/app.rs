@@ -11,7 +11,8 @@
 //!    both in the OpenAI error shape.
 //! 3. Per route (`Router::layer`, so `MatchedPath` is visible), for the API, admin and fallback routes
 //!    (health probes and `/metrics` skip it):
-//!    `observe` (request span with the client's W3C trace context; an `Arc<Call>` record; wraps the body
+//!    `observe` (OTel server span with the client's W3C trace context; the request id for log lines,
+//!    `telemetry::request_scope`; an `Arc<Call>` record; wraps the body
 //!    and, at its last byte or on disconnect, writes metrics, access log, span attributes and the request
 //!    log; cost and overhead headers on non-streaming responses) →
 //!    `DefaultBodyLimit(server.max_body_bytes)` (413 through the JSON extractor) →

@@ -61,7 +61,8 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
     let receiver = OtlpReceiver::start().await.unwrap();
     let upstream = MockUpstream::start().await.unwrap();
     let config = format!(
-        "{}\n[telemetry.otel]\nendpoint = \"{}\"\nprotocol = \"http-protobuf\"\ncapture_content = true\n",
+        "{}\n[telemetry.otel]\nendpoint = \"{}\"\nprotocol = \"http-protobuf\"\ncapture_content = true\n\
+         [admin]\napi_key_env = \"SLUICE_TEST_UPSTREAM_KEY\"\n",
         standard_config(&upstream.base_url(), "", ""),
         receiver.endpoint()
     );
@@ -128,7 +129,22 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
     assert_eq!(status, 502);
     assert!(!error_body.to_string().contains(UPSTREAM_KEY));
 
-    app.wait_finished(3).await;
+    // 4. A line logged while a request is served carries its id: creating a key through the admin
+    // API logs "API key created" (the upstream key variable doubles as the admin key's).
+    let created = app
+        .client
+        .post(app.url("/admin/keys"))
+        .bearer_auth(UPSTREAM_KEY)
+        .header("x-request-id", "rid-admin-4")
+        .json(&json!({"name": "logged"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let new_secret = created["secret"].as_str().unwrap().to_owned();
+
+    app.wait_finished(4).await;
     let (_dir, request_log) = app.stop().await;
     let record = request_log
         .unwrap()
@@ -255,7 +271,7 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
     // No secret anywhere.
     let span_text = format!("{spans:?}");
     let log_text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    for secret in [UPSTREAM_KEY, CLIENT_SECRET] {
+    for secret in [UPSTREAM_KEY, CLIENT_SECRET, new_secret.as_str()] {
         assert!(!span_text.contains(secret), "secret in spans");
         assert!(!log_text.contains(secret), "secret in logs");
     }
@@ -265,7 +281,7 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|r| r["message"] == "request served" || r["message"] == "request failed")
         .collect();
-    assert_eq!(records.len(), 3, "{log_text}");
+    assert_eq!(records.len(), 4, "{log_text}");
     // Records are written in the order calls finish, and a stream finishes in a task of its own
     // after its last byte: the next request's record may come first. Find each by what it was.
     let first = records
@@ -296,4 +312,32 @@ async fn spans_reach_otlp_and_secrets_reach_nothing() {
         "the access record names the trace"
     );
     assert_eq!(failed["error.kind"], "upstream_failed");
+    // The line logged inside the admin call names the request it was written for; lines written
+    // outside any request (start-up) name none.
+    let lines: Vec<Value> = log_text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let key_created = lines
+        .iter()
+        .find(|l| l["message"] == "API key created")
+        .unwrap_or_else(|| panic!("no key-created line: {log_text}"));
+    assert_eq!(
+        key_created["span"],
+        json!({"request_id": "rid-admin-4", "name": "request"}),
+        "{key_created}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["request_id"] == "rid-admin-4" && r["route"] == "/admin/keys"),
+        "the admin call's access record has the same id"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["message"] != "API key created")
+            .all(|l| l.get("span").is_none()),
+        "{log_text}"
+    );
 }

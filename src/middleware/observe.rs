@@ -1,4 +1,4 @@
-//! The observation layer: one span and one [`Call`] per request, and a response-body wrapper that
+//! The observation layer: one [`Call`] per request (and its id for the log lines written while it runs), and a response-body wrapper that
 //! finishes the call when the last byte is sent or the client leaves. That is where latency, time to
 //! first token, tokens and cost of streams become known, so metrics, the access log, span attributes and
 //! the request log are all written from there (see `telemetry::call`).
@@ -18,7 +18,6 @@ use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
 use http_body::{Body as _, Frame, SizeHint};
 use opentelemetry::context::FutureExt as _;
-use tracing::Instrument;
 
 use crate::error::GatewayError;
 use crate::state::AppState;
@@ -84,18 +83,18 @@ where
             .get::<MatchedPath>()
             .map_or("unmatched", MatchedPath::as_str);
         let route = Label(Arc::from(route));
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let request_id: Arc<str> = Arc::from(
+            request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        );
         let method = request.method().clone();
-        let span = crate::telemetry::request_span(&request_id);
         let spans = crate::telemetry::request_spans(&method, &route.0, request.headers());
         // Attached while the request's work runs: internal calls made for it become its children.
         let otel_context = spans.as_ref().map(|s| s.context().clone());
-        let call = Arc::new(Call::new(request_id, route, method, spans));
+        let call = Arc::new(Call::new(Arc::clone(&request_id), route, method, spans));
         if self.state.obs.captures_content() {
             call.capture_content();
         }
@@ -142,8 +141,9 @@ where
                     done: false,
                 })
             }))
-        }
-        .instrument(span);
+        };
+        // Log lines written while the request's work runs carry its id.
+        let work = crate::telemetry::request_scope::in_request(request_id, work);
         match otel_context {
             Some(context) => Box::pin(work.with_context(context)),
             None => Box::pin(work),

@@ -139,8 +139,7 @@ impl AccessRecord {
         Ok(())
     }
 
-    /// The access line as a root event (no parent span) with the request's own id, route and method,
-    /// so the log formatter does not read the request span's fields.
+    /// The access line as a root event (no parent span) with the request's own id, route and method.
     fn emit_event(self) {
         let f = &self.finished;
         let (input, output) = f.usage.map_or((None, None), |u| {

@@ -147,16 +147,15 @@ pub struct Finished {
 }
 
 impl Call {
-    /// A new call, received now; `spans` are its OTel spans when trace export is on (the `tracing`
-    /// request span of its log lines is the request future's, see `middleware::observe`).
+    /// A new call, received now; `spans` are its OTel spans when trace export is on.
     pub fn new(
-        request_id: String,
+        request_id: Arc<str>,
         route: Label,
         method: http::Method,
         spans: Option<CallSpans>,
     ) -> Self {
         Self {
-            request_id: Arc::from(request_id),
+            request_id,
             route,
             method,
             received: Instant::now(),
@@ -183,7 +182,7 @@ impl Call {
             )
         });
         Arc::new(Self::new(
-            uuid::Uuid::now_v7().to_string(),
+            Arc::from(uuid::Uuid::now_v7().to_string()),
             Label::fixed("internal"),
             http::Method::POST,
             spans,
@@ -193,7 +192,7 @@ impl Call {
     /// A call that is not attached to a request (unit tests).
     pub fn detached() -> Arc<Self> {
         Arc::new(Self::new(
-            String::new(),
+            Arc::from(""),
             Label::fixed("internal"),
             http::Method::POST,
             None,

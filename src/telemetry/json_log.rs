@@ -1,5 +1,7 @@
 //! The JSON log line: one object per event, in the shape of `tracing-subscriber`'s JSON format
-//! (`flatten_event`, current span, no span list), written straight into the line buffer.
+//! (`flatten_event`, current span, no span list), written straight into the line buffer. A line
+//! written while a request is served, outside any span, names the request as a `request` span
+//! around it would (`"span":{"request_id":"…","name":"request"}`), from [`super::request_scope`].
 //!
 //! ```text
 //! {"timestamp":"2026-11-28T04:30:00.123456Z","level":"INFO","message":"request finished",
@@ -26,6 +28,7 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use super::request_scope::with_request_id;
 use super::span_fields::{JsonSpanFields, Members, write_json_string};
 
 /// 10000-01-01T00:00:00Z in seconds since the epoch: `humantime` formats only times before it.
@@ -95,6 +98,13 @@ where
             writer.write_str("\"name\":")?;
             write_json_string(&mut writer, span.name())?;
             writer.write_char('}')?;
+        } else if let Some(written) = with_request_id(|id| {
+            // What the `request` span Sluice made for its logs wrote (`request_scope`).
+            writer.write_str(",\"span\":{\"request_id\":")?;
+            write_json_string(&mut writer, id)?;
+            writer.write_str(",\"name\":\"request\"}")
+        }) {
+            written?;
         }
         writer.write_str("}\n")
     }
@@ -218,5 +228,39 @@ pub(super) mod tests {
         assert_eq!(ours[5]["target"], "some_crate::module");
         assert_eq!(ours[5]["level"], "WARN");
         assert_eq!(ours[5]["message"], "from the log crate");
+    }
+
+    #[test]
+    fn lines_inside_a_request_name_it_and_a_span_comes_first() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(JsonSpanFields)
+                .event_format(JsonEvent)
+                .with_writer(move || out.clone()),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            let request = super::super::request_scope::in_request(Arc::from("r-\"3\""), async {
+                tracing::warn!("inside");
+                tracing::info_span!("inner", a = 1_u64).in_scope(|| tracing::warn!("in a span"));
+            });
+            runtime.block_on(request);
+            tracing::warn!("after");
+        });
+        let lines = buf.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(
+            lines[0]["span"],
+            serde_json::json!({"request_id": "r-\"3\"", "name": "request"})
+        );
+        assert_eq!(
+            lines[1]["span"],
+            serde_json::json!({"a": 1, "name": "inner"})
+        );
+        assert!(lines[2].get("span").is_none(), "{lines:?}");
     }
 }

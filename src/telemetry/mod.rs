@@ -11,7 +11,9 @@ pub mod metrics;
 pub mod otel;
 mod otlp_encode;
 mod otlp_http;
+pub mod request_scope;
 pub mod span_fields;
+pub mod text_log;
 
 use std::io::IsTerminal;
 
@@ -207,21 +209,10 @@ pub async fn drain_background(timeout: std::time::Duration) -> bool {
         .unwrap_or(false)
 }
 
-/// Name of the request span; the only span whose fields appear in log lines.
-pub const REQUEST_SPAN: &str = "request";
-
 /// Target of the access record, one per request (`telemetry::call`): a root event carrying its own
 /// request id, route and method, so formatting it needs no span lookup (`RUST_LOG=sluice::access=off`
 /// turns it off).
 pub const ACCESS_TARGET: &str = "sluice::access";
-
-/// The `tracing` span of one request: the context of the log lines written while it is served. It
-/// carries only the request id, which joins such a line to the request's access record (which has the
-/// route, method, model and the rest): the log layer formats a span's fields when the span is created,
-/// for every request, whether or not a line is ever written inside it.
-pub fn request_span(request_id: &str) -> tracing::Span {
-    tracing::info_span!(REQUEST_SPAN, request_id)
-}
 
 /// The OTel server span of one request, child of the client's W3C trace context when it sent one;
 /// `None` when trace export is off.
@@ -360,18 +351,18 @@ impl<W: std::io::Write> std::io::Write for BackgroundWriter<W> {
     }
 }
 
-/// Events and the request span pass, no other span (see [`install`]). No level hint: stacked global
-/// filters take the most verbose hint, so the log filter's alone decides the maximum level.
-fn only_request_span() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
-    filter_fn(|meta| !meta.is_span() || meta.name() == REQUEST_SPAN)
+/// Events pass, spans do not (see [`install`]). No level hint: stacked global filters take the most
+/// verbose hint, so the log filter's alone decides the maximum level.
+fn no_spans() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    filter_fn(|meta| !meta.is_span())
 }
 
 /// Installs the global subscriber writing logs to `writer` (tests capture logs this way), and `otel`'s
 /// tracer for the calls' spans ([`otel::install`]).
 ///
-/// Log lines carry the fields of the [`REQUEST_SPAN`] around them (its request id) and no other span:
-/// the access record carries a call's values, and any other span would be created, entered and
-/// formatted on the request path for nothing.
+/// Log lines written while a request is served carry its id ([`request_scope`]) and no span: the
+/// access record carries a call's values, and a span (ours or a library's) would be created, entered
+/// and formatted on the request path for nothing.
 ///
 /// Both filters are global (the log layer is the only layer that records anything; the access sink
 /// only holds the writer for access lines written without `tracing`, `access_log`): a per-layer
@@ -390,7 +381,7 @@ where
     drop(log_subscriber(filter, config.format, writer, ansi).try_init());
 }
 
-/// The log subscriber of [`install`]: `filter` and [`only_request_span`] as global filters, then the
+/// The log subscriber of [`install`]: `filter` and [`no_spans`] as global filters, then the
 /// log layer in `format`, then the access sink (the JSON format's direct access lines).
 fn log_subscriber<W>(
     filter: EnvFilter,
@@ -411,13 +402,17 @@ where
             access_log::AccessSink::to(writer),
         ),
         LogFormat::Text => (
-            fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
+            fmt::layer()
+                .event_format(text_log::TextEvent::new(ansi))
+                .with_ansi(ansi)
+                .with_writer(writer)
+                .boxed(),
             access_log::AccessSink::none(),
         ),
     };
     tracing_subscriber::registry()
         .with(filter)
-        .with(only_request_span())
+        .with(no_spans())
         .with(layer)
         .with(access)
 }
@@ -429,7 +424,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_log_filter_alone_sets_the_level_and_only_the_request_span_is_made() {
+    fn the_log_filter_alone_sets_the_level_and_no_span_is_made() {
         for format in [LogFormat::Json, LogFormat::Text] {
             let subscriber = log_subscriber(EnvFilter::new("info"), format, std::io::sink, false);
             assert_eq!(
@@ -437,15 +432,8 @@ mod tests {
                 Some(tracing::level_filters::LevelFilter::INFO)
             );
             tracing::subscriber::with_default(subscriber, || {
-                assert!(
-                    !request_span("r-1").is_disabled(),
-                    "the request span is made"
-                );
-                assert!(tracing::info_span!("internal call").is_disabled());
-                assert!(
-                    tracing::debug_span!(REQUEST_SPAN).is_disabled(),
-                    "below the filter"
-                );
+                assert!(tracing::info_span!("request").is_disabled());
+                assert!(tracing::error_span!("internal call").is_disabled());
                 assert!(tracing::enabled!(tracing::Level::INFO));
                 assert!(!tracing::enabled!(tracing::Level::DEBUG));
             });

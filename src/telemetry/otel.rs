@@ -13,8 +13,8 @@
 //!   (`telemetry::call`) collects. Their attributes are set once, when the call finishes.
 //! - [`OtelGuard::shutdown`] flushes and stops the exporter; call it after the server stopped.
 //!
-//! **Why not `tracing` spans.** Log lines keep their `tracing` request span (for the context of log
-//! lines); the OTel spans do not go through a `tracing` layer. The bridge (`tracing-opentelemetry`)
+//! **Why not `tracing` spans.** The OTel spans do not go through a `tracing` layer (and log lines
+//! find their request's id without one, `telemetry::request_scope`). The bridge (`tracing-opentelemetry`)
 //! did its work on the request's thread at every step: building a span builder per span, converting
 //! each recorded field through a visitor, entering and leaving on every poll of the request future,
 //! and attaching events as span events. `bench/observability.sh` measured it at ~20 µs of request-

@@ -7,6 +7,10 @@
 //! request span cost with the JSON log on. The event formatter ([`super::json_log`]) only needs the
 //! same JSON object text, so this writes it directly; `tracing-subscriber` offers no cheaper JSON
 //! field formatter. The event formatter writes an event's own fields with the same [`Members`].
+//!
+//! Sluice's own log subscriber lets no span through (a line finds its request's id in
+//! [`super::request_scope`]); this stays the JSON layer's field format so that a span, if one is
+//! ever let through, is written as `format::Json` would.
 
 use std::fmt;
 use std::fmt::Write as _;
