@@ -1,7 +1,8 @@
-//! The observation layer: one [`Call`] per request (and its id for the log lines written while it runs), and a response-body wrapper that
-//! finishes the call when the last byte is sent or the client leaves. That is where latency, time to
-//! first token, tokens and cost of streams become known, so metrics, the access log, span attributes and
-//! the request log are all written from there (see `telemetry::call`).
+//! The observation layer: one [`Call`] per request (and its id for the log lines written while it
+//! runs), and a response-body wrapper that finishes the call when the last byte is sent or the client
+//! leaves. That is where latency, time to first token, tokens and cost of streams become known, so
+//! metrics, the access log, span attributes and the request log are all written from there (see
+//! `telemetry::call`).
 //!
 //! Non-streaming responses also get `x-sluice-cost-usd` and `x-sluice-overhead-ms` headers here, and
 //! every response of an admitted (or refused) call its `x-ratelimit-*` headers.

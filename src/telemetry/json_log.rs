@@ -99,7 +99,7 @@ where
             write_json_string(&mut writer, span.name())?;
             writer.write_char('}')?;
         } else if let Some(written) = with_request_id(|id| {
-            // What the `request` span Sluice made for its logs wrote (`request_scope`).
+            // The member a `request` span around the line would write (`request_scope`).
             writer.write_str(",\"span\":{\"request_id\":")?;
             write_json_string(&mut writer, id)?;
             writer.write_str(",\"name\":\"request\"}")

@@ -14,10 +14,10 @@
 //! - [`OtelGuard::shutdown`] flushes and stops the exporter; call it after the server stopped.
 //!
 //! **Why not `tracing` spans.** The OTel spans do not go through a `tracing` layer (and log lines
-//! find their request's id without one, `telemetry::request_scope`). The bridge (`tracing-opentelemetry`)
-//! did its work on the request's thread at every step: building a span builder per span, converting
-//! each recorded field through a visitor, entering and leaving on every poll of the request future,
-//! and attaching events as span events. `bench/observability.sh` measured it at ~20 µs of request-
+//! find their request's id without a span, `telemetry::request_scope`). The bridge
+//! (`tracing-opentelemetry`) did its work on the request's thread at every step: building a span
+//! builder per span, converting each recorded field through a visitor, entering and leaving on every
+//! poll of the request future, and attaching events as span events. `bench/observability.sh` measured it at ~20 µs of request-
 //! thread CPU per request; the direct spans cost a few.
 //!
 //! **Batching and overload.** The processor keeps finished spans in a bounded queue (2048 spans by
