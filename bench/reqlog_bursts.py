@@ -36,11 +36,21 @@ import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = open(os.path.join(REPO, "src/request_log/store.rs"), encoding="utf-8").read()
-SCHEMA = SRC.split('const SCHEMA: &str = "')[1].split('";')[0]
-INSERT = SRC.split('const INSERT: &str = "')[1].split('";')[0]
-# The surplus rule's statement, with Rust's line continuation ("\\" + newline + indent) undone.
-DELETE = " ".join(SRC.split('const DELETE_SURPLUS: &str = "')[1].split('";')[0].split("\\\n"))
-DELETE = " ".join(DELETE.split()).replace("?1", "?").replace("?2", "?")
+
+
+def const(name):
+    """A string constant of store.rs, with Rust's line continuation ("\\" + newline + indent) undone."""
+    text = SRC.split(f'const {name}: &str = "')[1].split('";')[0]
+    return " ".join(" ".join(text.split("\\\n")).split())
+
+
+# Schema 3: the table, its indexes and the row count.
+SCHEMA = const("TABLE").replace("{table}", "requests") + const("INDEXES") + const("COUNT_TABLE")
+INSERT = const("INSERT")
+SEQ_LOW_BITS = int(SRC.split("const SEQ_LOW_BITS: u32 = ")[1].split(";")[0])
+# The retention statement; as the row limit uses it here: the oldest rows, whatever their key.
+DELETE = const("DELETE_OLDEST").replace("?1", "?").replace("?2", "?")
+I64_MAX = 2**63 - 1
 TIMELINE = '[[0,"received"],[97,"upstream_attempt"],[14689,"upstream_first_byte"],' \
            '[14689,"upstream_done"],[14714,"headers_sent"],[14749,"done"]]'
 
@@ -51,7 +61,9 @@ START_MS = 1_764_400_000_000
 def insert(conn, n):
     rid = "%012x-7abc-%s" % (START_MS + n, uuid.uuid4().hex[:18])
     model = ("bench", "gpt-4o", "claude")[n % 3]
-    conn.execute(INSERT, (rid, START_MS + n // 2, "0af7651916cd43dd8448eb211c80319c", None,
+    received_at = START_MS + n // 2
+    key = (received_at << SEQ_LOW_BITS) | (n & ((1 << SEQ_LOW_BITS) - 1))
+    conn.execute(INSERT, (key, rid, 0, received_at, "0af7651916cd43dd8448eb211c80319c", None,
                           "/v1/chat/completions", "POST", model, "up", 200, 0, 0.41, None, 0.2, 12,
                           20, "0.000150", None, None, None, None, None, TIMELINE))
 
@@ -72,7 +84,7 @@ def fill(path, rows):
 
 
 def batches(conn, per_commit, count):
-    n = conn.execute("SELECT max(seq) FROM requests").fetchone()[0]
+    n = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
     out = []
     for _ in range(count):
         commits = []
@@ -97,16 +109,14 @@ def timed(f):
 
 
 def steps(conn, rows_per_step, rows_per_statement, count):
-    seq = conn.execute("SELECT min(seq) FROM requests").fetchone()[0] - 1
     out = []
     for _ in range(count):
-        seq += rows_per_step
         cpu_begin, _ = timed(lambda: conn.execute("BEGIN IMMEDIATE"))
         statements = []
         done = 0
         while done < rows_per_step:
             limit = min(rows_per_statement, rows_per_step - done)
-            cpu, cur = timed(lambda: conn.execute(DELETE, (seq, limit)))
+            cpu, cur = timed(lambda: conn.execute(DELETE, (I64_MAX, limit)))
             statements.append(cpu)
             done += cur.rowcount
             if cur.rowcount < limit:

@@ -23,7 +23,7 @@ pub struct RequestLogConfig {
     /// Records older than this are deleted (default 7 days).
     #[serde(with = "humantime_serde")]
     pub retention_age: Duration,
-    /// At most this many records are kept, the most recently logged ones (default 1 000 000).
+    /// At most this many records are kept, the most recently received ones (default 1 000 000).
     pub retention_max_rows: u64,
 }
 

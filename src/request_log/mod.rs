@@ -44,7 +44,7 @@ pub use config::RequestLogConfig;
 pub use record::{RequestFilter, RequestRecord, RequestSummary, TimelineEvent, now_unix_ms};
 pub use redact::{REDACTED, redact};
 
-use store::Retention;
+use store::{Retention, SeqSource};
 use writer::{Counters, Queued, Tuning, Writer};
 
 /// Error messages are stored redacted and capped at this many bytes, whatever `capture_bodies` says.
@@ -136,6 +136,7 @@ impl RequestLog {
                 max_age: config.retention_age,
                 max_rows: config.retention_max_rows,
             },
+            seqs: SeqSource::new(),
             max_body_bytes: config.max_body_bytes,
             tuning,
         }

@@ -1,16 +1,29 @@
 //! SQLite storage: schema and pragmas, batched inserts, listings and lookups, retention. Plain functions
 //! over a `rusqlite::Connection`; which thread calls them is decided in `mod.rs` and `writer.rs`.
 //!
-//! One table, `requests`. `seq` (the rowid) is the order records were logged in; it makes "keep the
-//! newest N" a cheap range delete. Bodies and the timeline (JSON, in the form `timeline.rs` describes)
-//! are the last columns, so listings do not read their overflow pages.
+//! One table, `requests`, and three indexes. Its key `seq` (the rowid) is the arrival time: the
+//! millisecond a request was received above [`SEQ_LOW_BITS`] bits that tell apart the requests of one
+//! millisecond ([`SeqSource`]). So the table itself is in arrival order, and what needed an index of
+//! its own before is a range of keys: "newest first" and `since=` listings, "older than the
+//! retention age", "the oldest surplus rows". The `model` and `status` indexes hold the key as well,
+//! so a filtered listing reads them newest first. Lookups by id: Sluice's own request ids are UUIDv7,
+//! whose timestamp is the arrival millisecond (give or take [`ID_TIME_SLACK_MS`]), so such a record
+//! is found by scanning the keys of those few milliseconds; only records whose id says nothing
+//! about their arrival (chosen by the client) go into `requests_id`, a partial index
+//! (`id_indexed`). Each index is an insert into another B-tree per record on the writer thread
+//! (measured: docs/BENCHMARKS.md, session 19), which is why there are no more of them.
+//!
+//! Bodies and the timeline (JSON, in the form `timeline.rs` describes) are the last columns, so
+//! listings do not read their overflow pages.
 //!
 //! Schema versions (`PRAGMA user_version`): 1, timelines as JSON objects; 2, the same table with
-//! timelines as compact arrays. A version-1 file is taken over as it is (the reader understands both
-//! forms) and marked 2; a build that only knows 1 then refuses it instead of misreading it.
+//! timelines as compact arrays; 3, keyed by arrival, three indexes. A version-1 or -2 file is rebuilt
+//! as version 3 when it is opened (one transaction: its rows copied in arrival order, every one
+//! into the id index; the reader understands both timeline forms); a build that knows only 1 or 2 then
+//! refuses it instead of misreading it.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::{ToSqlOutput, Type, Value, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior};
@@ -20,13 +33,13 @@ use super::record::{RequestFilter, RequestRecord, RequestSummary};
 use super::timeline;
 
 /// The schema this build writes; stored in `PRAGMA user_version`.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
-const SCHEMA: &str = "
-BEGIN;
-CREATE TABLE IF NOT EXISTS requests (
+/// The table of schema 3, under the name `{table}`.
+const TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
     seq            INTEGER PRIMARY KEY,
     id             TEXT    NOT NULL,
+    id_indexed     INTEGER NOT NULL,
     received_at    INTEGER NOT NULL,
     trace_id       TEXT,
     key_id         TEXT,
@@ -48,20 +61,126 @@ CREATE TABLE IF NOT EXISTS requests (
     request_body   TEXT,
     response_body  TEXT,
     timeline       TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_received_at ON requests (received_at);
-CREATE INDEX IF NOT EXISTS requests_model ON requests (model, received_at);
-CREATE INDEX IF NOT EXISTS requests_status ON requests (status, received_at);
-CREATE INDEX IF NOT EXISTS requests_id ON requests (id);
-PRAGMA user_version = 2;
-COMMIT;
+);";
+
+/// The indexes of schema 3. Each holds the key after its column, so `model = ?` and `status = ?`
+/// read newest first (and `since=` is a key range) without sorting.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS requests_model ON requests (model);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
+CREATE INDEX IF NOT EXISTS requests_id ON requests (id) WHERE id_indexed;
 ";
 
-const INSERT: &str = "INSERT OR ROLLBACK INTO requests (id, received_at, trace_id, key_id, route, method,
-    model, provider, status, stream, latency_ms, ttft_ms, upstream_ms, input_tokens, output_tokens, cost_usd,
-    error_kind, cache, error_message, request_body, response_body, timeline)
+/// How many rows `requests` holds, for the row limit of retention (`count(*)` reads a whole index):
+/// one row, changed in the transaction that inserts or deletes, and counted afresh when the writer
+/// opens the file.
+const COUNT_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS requests_count (n INTEGER NOT NULL);
+INSERT INTO requests_count (n) SELECT count(*) FROM requests
+    WHERE NOT EXISTS (SELECT 1 FROM requests_count);
+";
+
+/// The columns of schema 1 and 2 that schema 3 keeps, in both tables' order.
+const KEPT_COLUMNS: &str = "id, received_at, trace_id, key_id, route, method, model, provider, \
+    status, stream, latency_ms, ttft_ms, upstream_ms, input_tokens, output_tokens, cost_usd, \
+    error_kind, cache, error_message, request_body, response_body, timeline";
+
+/// Bits of `seq` below the arrival millisecond: a counter, so up to 2^20 requests of one millisecond
+/// get keys of their own.
+pub(crate) const SEQ_LOW_BITS: u32 = 20;
+
+/// The mask of those bits.
+const SEQ_LOW_MASK: i64 = (1 << SEQ_LOW_BITS) - 1;
+
+/// The latest arrival millisecond a key can hold (the year 2248); later ones, and earlier than 1970,
+/// are clamped.
+const MAX_SEQ_MS: i64 = (1 << (63 - SEQ_LOW_BITS)) - 1;
+
+/// The smallest key of arrival millisecond `ms` (clamped to what a key can hold).
+pub(crate) fn seq_floor(ms: i64) -> i64 {
+    ms.clamp(0, MAX_SEQ_MS) << SEQ_LOW_BITS
+}
+
+/// The largest key of arrival millisecond `ms`.
+fn seq_ceil(ms: i64) -> i64 {
+    seq_floor(ms) | SEQ_LOW_MASK
+}
+
+/// Hands out keys: a record's arrival millisecond and, below it, the next value of a counter (modulo
+/// 2^20). Two records of one millisecond get the same key only if 2^20 keys were handed out between
+/// them, or if the table already holds a key from an earlier process whose clock was ahead; an insert
+/// that meets a taken key fails, and the writer then stores its batch one record at a time with
+/// [`insert_one`], which takes a free key of that millisecond.
+#[derive(Debug)]
+pub(crate) struct SeqSource {
+    next: u32,
+}
+
+impl SeqSource {
+    /// A source whose counter starts at `next`.
+    pub(crate) fn starting_at(next: u32) -> Self {
+        Self { next }
+    }
+
+    /// A source whose counter starts at an arbitrary point (the clock's nanoseconds), so a process that
+    /// starts again in a millisecond an earlier one used, after a clock step back, seldom meets its
+    /// keys.
+    pub(crate) fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self::starting_at(nanos)
+    }
+
+    fn key(&mut self, received_at: i64) -> i64 {
+        let low = i64::from(self.next) & SEQ_LOW_MASK;
+        self.next = self.next.wrapping_add(1);
+        seq_floor(received_at) | low
+    }
+}
+
+/// How far a UUIDv7 request id's timestamp may be from its record's arrival time for a lookup to find
+/// the record by scanning arrival times instead of `requests_id`. Sluice makes the id (`app.rs`) and
+/// reads the clock for the arrival time (`middleware::observe`) in the same synchronous call, so they
+/// differ by less than a millisecond unless the thread is descheduled in between; a record outside the
+/// window, or whose id is not a UUIDv7 at all, goes into the index. A lookup scans the records of
+/// twice this span, ~400 at 2,000 requests/s.
+pub(crate) const ID_TIME_SLACK_MS: i64 = 100;
+
+/// The unix milliseconds of a UUIDv7 id's timestamp; `None` for any other id.
+fn uuid_v7_ms(id: &str) -> Option<i64> {
+    let uuid = uuid::Uuid::try_parse(id).ok()?;
+    if uuid.get_version() != Some(uuid::Version::SortRand) {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    let secs = i64::try_from(secs).ok()?;
+    secs.checked_mul(1000)?
+        .checked_add(i64::from(nanos / 1_000_000))
+}
+
+/// Whether a record needs `requests_id` to be found by its id.
+fn needs_id_index(id: &str, received_at: i64) -> bool {
+    uuid_v7_ms(id).is_none_or(|ms| received_at.abs_diff(ms) > ID_TIME_SLACK_MS.unsigned_abs())
+}
+
+const INSERT: &str = "INSERT OR ROLLBACK INTO requests (seq, id, id_indexed, received_at, trace_id,
+    key_id, route, method, model, provider, status, stream, latency_ms, ttft_ms, upstream_ms,
+    input_tokens, output_tokens, cost_usd, error_kind, cache, error_message, request_body,
+    response_body, timeline)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
-    ?21, ?22)";
+    ?21, ?22, ?23, ?24)";
+
+/// [`INSERT`] one record under a free key of its millisecond: one past the largest key of `?1`'s
+/// millisecond (`?1` being the first key of that millisecond), or the first. Used after a batch met a
+/// taken key (a rare case, see [`SeqSource`]); it costs a key lookup per record.
+const INSERT_FREE_KEY: &str = "INSERT INTO requests (seq, id, id_indexed, received_at, trace_id,
+    key_id, route, method, model, provider, status, stream, latency_ms, ttft_ms, upstream_ms,
+    input_tokens, output_tokens, cost_usd, error_kind, cache, error_message, request_body,
+    response_body, timeline)
+    VALUES ((SELECT coalesce(max(seq) + 1, ?1) FROM requests WHERE seq BETWEEN ?1 AND ?1 + 1048575),
+    ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
+    ?23, ?24)";
 
 /// The summary columns, in `summary_from_row` order; a full record adds the four after them.
 const SUMMARY_COLUMNS: &str = "id, received_at, trace_id, key_id, route, method, model, provider, \
@@ -100,6 +219,12 @@ pub(crate) fn open_writer(
         RequestLogError::Sqlite(source) => open_error(source),
         other => other,
     })?;
+    // Counted afresh: whatever was done to the file while no writer had it open.
+    conn.execute(
+        "UPDATE requests_count SET n = (SELECT count(*) FROM requests)",
+        [],
+    )
+    .map_err(open_error)?;
     Ok(conn)
 }
 
@@ -120,17 +245,47 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, RequestLogError> {
 
 fn migrate(conn: &Connection) -> Result<(), RequestLogError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    match version {
-        0 => conn.execute_batch(SCHEMA)?,
-        // Same table; only new timelines are written in the compact form.
-        1 => conn.pragma_update(None, "user_version", SCHEMA_VERSION)?,
-        SCHEMA_VERSION => {}
+    let sql = match version {
+        0 => format!(
+            "{}\n{INDEXES}\n{COUNT_TABLE}",
+            TABLE.replace("{table}", "requests")
+        ),
+        // Schemas 1 and 2 share a table: rebuilt keyed by arrival. Rows of one millisecond keep their
+        // order; each goes into the id index, whatever its id, as nothing says it arrived when its id
+        // says.
+        1 | 2 => format!(
+            "{table}
+            INSERT INTO requests_v3 (seq, id_indexed, {KEPT_COLUMNS})
+                SELECT (min(max(received_at, 0), {MAX_SEQ_MS}) << {SEQ_LOW_BITS})
+                       + row_number() OVER
+                           (PARTITION BY min(max(received_at, 0), {MAX_SEQ_MS}) ORDER BY seq)
+                       - 1,
+                       1, {KEPT_COLUMNS}
+                FROM requests;
+            DROP TABLE requests;
+            ALTER TABLE requests_v3 RENAME TO requests;
+            {INDEXES}
+            {COUNT_TABLE}",
+            table = TABLE.replace("{table}", "requests_v3"),
+        ),
+        SCHEMA_VERSION => return Ok(()),
         found => {
             return Err(RequestLogError::SchemaTooNew {
                 found,
                 supported: SCHEMA_VERSION,
             });
         }
+    };
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(&sql)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    if version > 0 {
+        tracing::info!(
+            from = version,
+            to = SCHEMA_VERSION,
+            "request log: schema upgraded"
+        );
     }
     Ok(())
 }
@@ -140,18 +295,17 @@ fn migrate(conn: &Connection) -> Result<(), RequestLogError> {
 /// while a request thread waits (`telemetry::background`'s docs).
 ///
 /// Several rows per statement, not one: each execution of a statement opens a cursor on the table
-/// and on each of its four indexes, seeks every index from its root and closes them again; in one
-/// statement of several rows SQLite keeps them open, and an index whose keys only grow (`seq`,
-/// `received_at`, and `id` for Sluice's UUIDv7 ids) takes the next row on the page it is already on.
-/// Measured with callgrind on the writer (`bench/instructions.sh`, docs/BENCHMARKS.md session 17).
-/// Four keeps the pieces between yields as they were with one row per statement and a yield every
-/// four records.
+/// and on each of its indexes, seeks every index from its root and closes them again; in one
+/// statement of several rows SQLite keeps them open, and a B-tree whose keys only grow (the table's
+/// arrival keys, mostly) takes the next row on the page it is already on. Measured with callgrind on
+/// the writer (`bench/instructions.sh`, docs/BENCHMARKS.md session 17). Four keeps the pieces
+/// between yields as they were with one row per statement and a yield every four records.
 const ROWS_PER_INSERT: usize = 4;
 
 /// Parameters per row of [`INSERT`].
-const COLUMNS_PER_ROW: usize = 22;
+const COLUMNS_PER_ROW: usize = 24;
 
-/// [`INSERT`] with [`ROWS_PER_INSERT`] rows: `?` after `?22` numbers on from 23.
+/// [`INSERT`] with [`ROWS_PER_INSERT`] rows: `?` after `?24` numbers on from 25.
 static INSERT_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let row = format!("({})", ["?"; COLUMNS_PER_ROW].join(", "));
     let mut sql = INSERT.to_owned();
@@ -162,11 +316,13 @@ static INSERT_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     sql
 });
 
-/// Inserts `records` in one transaction, in their order: all or none. Statements of
-/// [`ROWS_PER_INSERT`] rows (the last few records one at a time), with the core yielded after each
-/// (readers are not blocked meanwhile: WAL).
+/// Inserts `records` in one transaction, in their order, under keys from `seqs`: all or none.
+/// Statements of [`ROWS_PER_INSERT`] rows (the last few records one at a time), with the core
+/// yielded after each (readers are not blocked meanwhile: WAL). A key already taken fails the whole
+/// batch with a constraint error (`SQLITE_CONSTRAINT_PRIMARYKEY`); see [`insert_one`].
 pub(crate) fn insert_batch(
     conn: &mut Connection,
+    seqs: &mut SeqSource,
     records: &[RequestRecord],
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -178,7 +334,8 @@ pub(crate) fn insert_batch(
             let mut rows = tx.prepare_cached(&INSERT_ROWS)?;
             for chunk in &mut chunks {
                 for (i, r) in chunk.iter().enumerate() {
-                    bind_record(&mut rows, i * COLUMNS_PER_ROW, r, &mut json)?;
+                    let seq = seqs.key(r.received_at);
+                    bind_record(&mut rows, i * COLUMNS_PER_ROW, seq, r, &mut json)?;
                 }
                 rows.raw_execute()?;
                 pacer.tick();
@@ -187,19 +344,42 @@ pub(crate) fn insert_batch(
         if !chunks.remainder().is_empty() {
             let mut one = tx.prepare_cached(INSERT)?;
             for r in chunks.remainder() {
-                bind_record(&mut one, 0, r, &mut json)?;
+                bind_record(&mut one, 0, seqs.key(r.received_at), r, &mut json)?;
                 one.raw_execute()?;
             }
         }
+        add_to_count(&tx, i64::try_from(records.len()).unwrap_or(i64::MAX))?;
     }
     tx.commit()
 }
 
-/// Binds `r` to the 22 parameters of one row of [`INSERT`] that follow the first `before`
-/// parameters. `json` is scratch space for the timeline (SQLite copies bound text, so it is reused).
+/// Inserts one record in a transaction of its own, under a free key of its arrival millisecond
+/// ([`INSERT_FREE_KEY`]): how the writer stores a batch that [`insert_batch`] refused, record by
+/// record, so that one record the database refuses (or a taken key) costs only that record.
+pub(crate) fn insert_one(conn: &mut Connection, record: &RequestRecord) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut stmt = tx.prepare_cached(INSERT_FREE_KEY)?;
+        bind_record(
+            &mut stmt,
+            0,
+            seq_floor(record.received_at),
+            record,
+            &mut Vec::new(),
+        )?;
+        stmt.raw_execute()?;
+        add_to_count(&tx, 1)?;
+    }
+    tx.commit()
+}
+
+/// Binds `r`, under key `seq`, to the 24 parameters of one row of [`INSERT`] that follow the first
+/// `before` parameters. `json` is scratch space for the timeline (SQLite copies bound text, so it is
+/// reused).
 fn bind_record(
     stmt: &mut rusqlite::Statement<'_>,
     before: usize,
+    seq: i64,
     r: &RequestRecord,
     json: &mut Vec<u8>,
 ) -> rusqlite::Result<()> {
@@ -209,7 +389,9 @@ fn bind_record(
     // serde_json writes UTF-8: bound as text straight from the buffer, no String or UTF-8 check.
     let timeline = ToSqlOutput::Borrowed(ValueRef::Text(json));
     let values: [&dyn rusqlite::ToSql; COLUMNS_PER_ROW] = [
+        &seq,
         &r.id,
+        &needs_id_index(&r.id, r.received_at),
         &r.received_at,
         &r.trace_id,
         &r.key_id,
@@ -264,6 +446,14 @@ pub(crate) fn query(
     conn: &Connection,
     filter: &RequestFilter,
 ) -> rusqlite::Result<Vec<RequestSummary>> {
+    let (sql, params) = listing(filter);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), summary_from_row)?;
+    rows.collect()
+}
+
+/// The statement and parameters of a listing.
+fn listing(filter: &RequestFilter) -> (String, Vec<Value>) {
     let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM requests");
     let mut params: Vec<Value> = Vec::with_capacity(4);
     // Only the conditions given, so SQLite can pick the matching index (`model = ?1 OR ?1 IS NULL`
@@ -278,34 +468,74 @@ pub(crate) fn query(
         params.push(Value::Integer(i64::from(status)));
     }
     if let Some(since) = filter.since_ms {
-        conditions.push("received_at >= ?");
-        params.push(Value::Integer(since));
+        // Received at `since` or later: a range of keys.
+        conditions.push("seq >= ?");
+        params.push(Value::Integer(seq_floor(since)));
     }
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
     }
-    sql.push_str(" ORDER BY received_at DESC, seq DESC LIMIT ?");
+    sql.push_str(" ORDER BY seq DESC LIMIT ?");
     params.push(Value::Integer(i64::from(filter.effective_limit())));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params), summary_from_row)?;
-    rows.collect()
+    (sql, params)
 }
 
-/// The newest record with this id, with bodies and timeline.
+/// The newest record with this id, with bodies and timeline: the newer of the newest one in the id
+/// index and, for a UUIDv7 id, the newest one received within [`ID_TIME_SLACK_MS`] of its timestamp.
 pub(crate) fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<RequestRecord>> {
-    let sql = format!(
-        "SELECT {SUMMARY_COLUMNS}, {DETAIL_COLUMNS} FROM requests WHERE id = ?1 \
-         ORDER BY seq DESC LIMIT 1"
+    let with_key = |row: &Row<'_>| Ok((row.get::<_, i64>(22)?, record_from_row(row)?));
+    let indexed = format!(
+        "SELECT {SUMMARY_COLUMNS}, {DETAIL_COLUMNS}, seq FROM requests \
+         WHERE id = ?1 AND id_indexed ORDER BY seq DESC LIMIT 1"
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    stmt.query_row([id], record_from_row).optional()
+    let found = conn
+        .prepare_cached(&indexed)?
+        .query_row([id], with_key)
+        .optional()?;
+    let Some(ms) = uuid_v7_ms(id) else {
+        return Ok(found.map(|(_, record)| record));
+    };
+    let by_time = format!(
+        "SELECT {SUMMARY_COLUMNS}, {DETAIL_COLUMNS}, seq FROM requests \
+         WHERE seq BETWEEN ?2 AND ?3 AND id = ?1 ORDER BY seq DESC LIMIT 1"
+    );
+    let near = conn
+        .prepare_cached(&by_time)?
+        .query_row(
+            rusqlite::params![
+                id,
+                seq_floor(ms.saturating_sub(ID_TIME_SLACK_MS)),
+                seq_ceil(ms.saturating_add(ID_TIME_SLACK_MS)),
+            ],
+            with_key,
+        )
+        .optional()?;
+    Ok(match (found, near) {
+        (Some(a), Some(b)) => Some(if a.0 >= b.0 { a.1 } else { b.1 }),
+        (a, b) => a.or(b).map(|(_, record)| record),
+    })
 }
 
-/// How many records the table holds.
+/// How many records the table holds, as `requests_count` says.
+pub(crate) fn count(conn: &Connection) -> rusqlite::Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT n FROM requests_count")?
+        .query_row([], |row| row.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// How many records the table holds, counted.
 #[cfg(test)]
-pub(crate) fn count(conn: &Connection) -> rusqlite::Result<i64> {
+pub(crate) fn count_rows(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT count(*) FROM requests", [], |row| row.get(0))
+}
+
+/// Adds `n` (which may be negative) to the count of records, in the caller's transaction.
+fn add_to_count(conn: &Connection, n: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE requests_count SET n = n + ?1")?
+        .execute([n])
+        .map(drop)
 }
 
 /// What retention keeps.
@@ -313,7 +543,7 @@ pub(crate) fn count(conn: &Connection) -> rusqlite::Result<i64> {
 pub(crate) struct Retention {
     /// Delete records received longer ago than this.
     pub max_age: Duration,
-    /// Keep at most this many, the most recently logged.
+    /// Keep at most this many, the most recently received.
     pub max_rows: u64,
 }
 
@@ -332,19 +562,16 @@ pub(crate) struct RetentionStep {
 /// step's commit and checkpoint (~0.5 and ~0.8 ms), the longest runs the writer has anyway.
 const ROWS_PER_DELETE: u32 = 16;
 
-const DELETE_EXPIRED: &str = "DELETE FROM requests WHERE seq IN \
-    (SELECT seq FROM requests WHERE received_at < ?1 LIMIT ?2)";
-
-/// `seq` grows by one per insert, so the newest `max_rows` records have `seq > max - max_rows`
-/// (fewer if some of them were deleted by age): an indexed range delete, no count(*).
-const DELETE_SURPLUS: &str = "DELETE FROM requests WHERE seq IN \
+/// The oldest rows up to key `?1`, at most `?2` of them: by age, the keys before a millisecond; by
+/// count, the oldest rows whatever their key. A range of the table's own keys, no index.
+const DELETE_OLDEST: &str = "DELETE FROM requests WHERE seq IN \
     (SELECT seq FROM requests WHERE seq <= ?1 ORDER BY seq LIMIT ?2)";
 
 /// Deletes at most `chunk` expired and at most `chunk` surplus rows in one transaction, with
 /// statements of [`ROWS_PER_DELETE`] rows and the core yielded between them. The writer runs a step
 /// after every batch, so `chunk` bounds how long inserts wait and how large the commit is; a step that
-/// hit a limit says so (`more`). A step with nothing to delete costs two index lookups and no
-/// transaction.
+/// hit a limit says so (`more`). A step with nothing to delete costs a key lookup and a read of
+/// `requests_count`, and no transaction.
 pub(crate) fn apply_retention(
     conn: &mut Connection,
     retention: &Retention,
@@ -352,13 +579,13 @@ pub(crate) fn apply_retention(
     chunk: u32,
 ) -> rusqlite::Result<RetentionStep> {
     let max_age_ms = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = now_ms.saturating_sub(max_age_ms);
-    let max_rows = i64::try_from(retention.max_rows).unwrap_or(i64::MAX);
+    // Keys below this one were received before the cutoff.
+    let cutoff = seq_floor(now_ms.saturating_sub(max_age_ms));
     let oldest: Option<i64> = conn
-        .prepare_cached("SELECT min(received_at) FROM requests")?
+        .prepare_cached("SELECT min(seq) FROM requests")?
         .query_row([], |row| row.get(0))?;
     let expired = oldest.is_some_and(|oldest| oldest < cutoff);
-    if !expired && max_seq(conn)?.is_none_or(|max_seq| max_seq <= max_rows) {
+    if !expired && count(conn)? <= retention.max_rows {
         return Ok(RetentionStep {
             deleted: 0,
             more: false,
@@ -366,31 +593,30 @@ pub(crate) fn apply_retention(
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let by_age = if expired {
-        delete_in_pieces(&tx, DELETE_EXPIRED, cutoff, chunk)?
+        delete_in_pieces(&tx, cutoff - 1, chunk)?
     } else {
         0
     };
     // After the age rule: what it deleted counts towards the row limit.
-    let by_rows = match max_seq(&tx)? {
-        Some(max_seq) if max_seq > max_rows => {
-            delete_in_pieces(&tx, DELETE_SURPLUS, max_seq - max_rows, chunk)?
-        }
-        _ => 0,
+    let surplus = count(&tx)?
+        .saturating_sub(u64::from(by_age))
+        .saturating_sub(retention.max_rows);
+    let by_rows = if surplus > 0 {
+        let limit = u32::try_from(surplus).unwrap_or(u32::MAX).min(chunk);
+        delete_in_pieces(&tx, i64::MAX, limit)?
+    } else {
+        0
     };
+    add_to_count(&tx, -(i64::from(by_age) + i64::from(by_rows)))?;
     tx.commit()?;
     Ok(RetentionStep {
         deleted: usize::try_from(u64::from(by_age) + u64::from(by_rows)).unwrap_or(usize::MAX),
-        more: by_age >= chunk || by_rows >= chunk,
+        more: by_age >= chunk || surplus > u64::from(by_rows),
     })
 }
 
-fn max_seq(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT max(seq) FROM requests")?
-        .query_row([], |row| row.get(0))
-}
-
-/// Runs `sql` (a delete taking a bound and a row limit) until it has deleted `chunk` rows or finds
-/// fewer than it asked for; returns how many it deleted.
+/// Runs [`DELETE_OLDEST`] with key bound `bound` until it has deleted `chunk` rows or finds fewer
+/// than it asked for; returns how many it deleted.
 ///
 /// The parameters are bound once per step, not per statement: bound anew each time, the delete was
 /// compiled again before every execution (callgrind: one `sqlite3Reprepare` per execution, ~80,000
@@ -398,8 +624,8 @@ fn max_seq(conn: &Connection) -> rusqlite::Result<Option<i64>> {
 /// `SQLITE_ENABLE_STAT4`, which lets bound values of range conditions change the plan). Bindings
 /// outlive a reset, so the same statement runs again as it is; only a last, shorter piece binds its
 /// limit anew.
-fn delete_in_pieces(conn: &Connection, sql: &str, bound: i64, chunk: u32) -> rusqlite::Result<u32> {
-    let mut stmt = conn.prepare_cached(sql)?;
+fn delete_in_pieces(conn: &Connection, bound: i64, chunk: u32) -> rusqlite::Result<u32> {
+    let mut stmt = conn.prepare_cached(DELETE_OLDEST)?;
     let mut pacer = crate::telemetry::background::Pacer::new(1);
     let mut limit = ROWS_PER_DELETE.min(chunk);
     stmt.raw_bind_parameter(1, bound)?;
@@ -510,14 +736,25 @@ mod tests {
         }
     }
 
+    /// [`insert_batch`] with keys from one source per test thread, as the writer has one.
+    fn insert(conn: &mut Connection, batch: &[RequestRecord]) -> rusqlite::Result<()> {
+        thread_local!(static SEQS: std::cell::RefCell<SeqSource> =
+            std::cell::RefCell::new(SeqSource::starting_at(0)));
+        SEQS.with_borrow_mut(|seqs| insert_batch(conn, seqs, batch))
+    }
+
+    /// The ids in key (arrival) order; checks that `requests_count` agrees with the table.
     fn ids(conn: &Connection) -> Vec<String> {
         let mut stmt = conn
             .prepare("SELECT id FROM requests ORDER BY seq")
             .unwrap();
-        stmt.query_map([], |row| row.get(0))
+        let ids: Vec<String> = stmt
+            .query_map([], |row| row.get(0))
             .unwrap()
             .collect::<Result<_, _>>()
-            .unwrap()
+            .unwrap();
+        assert_eq!(count(conn).unwrap(), u64::try_from(ids.len()).unwrap());
+        ids
     }
 
     const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -530,7 +767,7 @@ mod tests {
             .iter()
             .map(|(days, id)| rec(id, now - days * DAY_MS))
             .collect();
-        insert_batch(&mut conn, &batch).unwrap();
+        insert(&mut conn, &batch).unwrap();
         let retention = Retention {
             max_age: Duration::from_hours(7 * 24),
             max_rows: 1000,
@@ -551,7 +788,7 @@ mod tests {
         let mut conn = memory();
         let now = 100 * DAY_MS;
         let batch: Vec<_> = (0..20).map(|i| rec(&format!("r{i:02}"), now)).collect();
-        insert_batch(&mut conn, &batch).unwrap();
+        insert(&mut conn, &batch).unwrap();
         let retention = Retention {
             max_age: Duration::from_hours(1),
             max_rows: 5,
@@ -575,7 +812,7 @@ mod tests {
             0
         );
         // New rows keep the window moving.
-        insert_batch(&mut conn, &[rec("r20", now), rec("r21", now)]).unwrap();
+        insert(&mut conn, &[rec("r20", now), rec("r21", now)]).unwrap();
         apply_retention(&mut conn, &retention, now, 4).unwrap();
         assert_eq!(ids(&conn), ["r17", "r18", "r19", "r20", "r21"]);
     }
@@ -589,8 +826,8 @@ mod tests {
             .map(|i| rec(&format!("old{i:02}"), now - 2 * DAY_MS))
             .collect();
         let new: Vec<_> = (0..60).map(|i| rec(&format!("new{i:02}"), now)).collect();
-        insert_batch(&mut conn, &old).unwrap();
-        insert_batch(&mut conn, &new).unwrap();
+        insert(&mut conn, &old).unwrap();
+        insert(&mut conn, &new).unwrap();
         let retention = Retention {
             max_age: Duration::from_hours(24),
             max_rows: 10,
@@ -626,7 +863,7 @@ mod tests {
         let old: Vec<_> = (0..100)
             .map(|i| rec(&format!("old{i:03}"), now - 2 * DAY_MS))
             .collect();
-        insert_batch(&mut conn, &old).unwrap();
+        insert(&mut conn, &old).unwrap();
         let retention = Retention {
             max_age: Duration::from_hours(24),
             max_rows: 1000,
@@ -635,7 +872,7 @@ mod tests {
         let step = apply_retention(&mut conn, &retention, now, 64).unwrap();
         assert_eq!(step.deleted, 64);
         let reprepared = conn
-            .prepare_cached(DELETE_EXPIRED)
+            .prepare_cached(DELETE_OLDEST)
             .unwrap()
             .get_status(rusqlite::StatementStatus::RePrepare);
         // Binding the bound once per step costs at most one recompilation, not one per piece.
@@ -681,7 +918,7 @@ mod tests {
         for size in 0..=(2 * ROWS_PER_INSERT + 1) {
             let mut conn = memory();
             let batch: Vec<_> = (0..u32::try_from(size).unwrap()).map(distinct).collect();
-            insert_batch(&mut conn, &batch).unwrap();
+            insert(&mut conn, &batch).unwrap();
             let expected: Vec<_> = batch.iter().map(|r| r.id.clone()).collect();
             assert_eq!(ids(&conn), expected, "batch of {size}");
             for r in &batch {
@@ -701,7 +938,7 @@ mod tests {
         // does not have.
         for resolution in ["ABORT", "ROLLBACK"] {
             let mut conn = memory();
-            insert_batch(&mut conn, &[rec("before", 1)]).unwrap();
+            insert(&mut conn, &[rec("before", 1)]).unwrap();
             conn.execute_batch(&format!(
                 "CREATE TRIGGER refuse BEFORE INSERT ON requests WHEN NEW.id = 'bad' \
                  BEGIN SELECT RAISE({resolution}, 'refused'); END;"
@@ -711,11 +948,11 @@ mod tests {
                 .map(distinct)
                 .collect();
             batch[1].id = "bad".to_owned();
-            assert!(insert_batch(&mut conn, &batch).is_err(), "{resolution}");
+            assert!(insert(&mut conn, &batch).is_err(), "{resolution}");
             assert_eq!(ids(&conn), ["before"], "{resolution}");
             // The connection is usable again, outside any transaction.
             assert!(conn.is_autocommit(), "{resolution}");
-            insert_batch(&mut conn, &[rec("after", 2)]).unwrap();
+            insert(&mut conn, &[rec("after", 2)]).unwrap();
             assert_eq!(ids(&conn), ["before", "after"], "{resolution}");
         }
     }
@@ -728,7 +965,7 @@ mod tests {
         r.ttft_ms = Some(f64::INFINITY);
         r.input_tokens = Some(u64::MAX);
         r.timeline = vec![TimelineEvent::new(f64::NAN, "received")];
-        insert_batch(&mut conn, &[r]).unwrap();
+        insert(&mut conn, &[r]).unwrap();
         let back = get(&conn, "x").unwrap().unwrap();
         assert!(back.latency_ms.is_nan());
         assert_eq!(back.ttft_ms, None);
@@ -741,7 +978,7 @@ mod tests {
         let mut conn = memory();
         let mut second = rec("dup", 2);
         second.status = 500;
-        insert_batch(&mut conn, &[rec("dup", 1), second]).unwrap();
+        insert(&mut conn, &[rec("dup", 1), second]).unwrap();
         assert_eq!(get(&conn, "dup").unwrap().unwrap().status, 500);
         assert_eq!(get(&conn, "missing").unwrap(), None);
     }
@@ -749,88 +986,391 @@ mod tests {
     #[test]
     fn schema_from_the_future_is_refused() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.pragma_update(None, "user_version", 4).unwrap();
         assert!(matches!(
             migrate(&conn),
             Err(RequestLogError::SchemaTooNew {
-                found: 3,
-                supported: 2
+                found: 4,
+                supported: 3
             })
         ));
     }
 
-    #[test]
-    fn a_schema_1_file_is_taken_over_and_both_timeline_forms_are_read() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        // A file as schema 1 left it: the same table, timelines as objects.
-        conn.execute_batch(&SCHEMA.replace("user_version = 2", "user_version = 1"))
-            .unwrap();
-        let user_version = |conn: &Connection| -> i64 {
-            conn.pragma_query_value(None, "user_version", |row| row.get(0))
-                .unwrap()
-        };
-        assert_eq!(user_version(&conn), 1);
-        conn.execute(
-            "INSERT INTO requests (id, received_at, route, method, status, stream, timeline) \
-             VALUES ('old', 1, '/v1/chat/completions', 'POST', 200, 0, ?1)",
-            [r#"[{"at_ms":0.0,"name":"received","detail":null},{"at_ms":2.5,"name":"done","detail":"timeout"}]"#],
-        )
-        .unwrap();
-        migrate(&conn).unwrap();
-        assert_eq!(user_version(&conn), SCHEMA_VERSION);
-        let mut new = rec("new", 2);
-        new.timeline = vec![
-            TimelineEvent::new(0.0, "received"),
-            TimelineEvent::with_detail(2.5, "done", "timeout"),
-        ];
-        insert_batch(&mut conn, &[new]).unwrap();
-        let stored: String = conn
-            .query_row(
-                "SELECT timeline FROM requests WHERE id = 'new'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(stored, r#"[[0,"received"],[2500,"done","timeout"]]"#);
-        let old = get(&conn, "old").unwrap().unwrap().timeline;
-        assert_eq!(old, get(&conn, "new").unwrap().unwrap().timeline);
-        assert_eq!(old[1], TimelineEvent::with_detail(2.5, "done", "timeout"));
-        // Taking it over twice is a no-op.
-        migrate(&conn).unwrap();
+    /// The schema of versions 1 and 2 (one table, four indexes, keys in the order rows were logged).
+    const SCHEMA_2: &str = "
+        CREATE TABLE requests (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL, received_at INTEGER NOT NULL, trace_id TEXT,
+            key_id TEXT, route TEXT NOT NULL, method TEXT NOT NULL, model TEXT, provider TEXT,
+            status INTEGER NOT NULL, stream INTEGER NOT NULL, latency_ms REAL, ttft_ms REAL,
+            upstream_ms REAL, input_tokens INTEGER, output_tokens INTEGER, cost_usd TEXT,
+            error_kind TEXT, cache TEXT, error_message TEXT, request_body TEXT, response_body TEXT,
+            timeline TEXT NOT NULL);
+        CREATE INDEX requests_received_at ON requests (received_at);
+        CREATE INDEX requests_model ON requests (model, received_at);
+        CREATE INDEX requests_status ON requests (status, received_at);
+        CREATE INDEX requests_id ON requests (id);";
+
+    fn user_version(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
     }
 
     #[test]
-    fn listings_use_the_indexes() {
-        let conn = memory();
-        let plan = |filter: &RequestFilter| {
-            let mut sql = format!("EXPLAIN QUERY PLAN SELECT {SUMMARY_COLUMNS} FROM requests");
-            if filter.model.is_some() {
-                sql.push_str(" WHERE model = 'm'");
-            } else if filter.status.is_some() {
-                sql.push_str(" WHERE status = 500");
+    fn schema_1_and_2_files_are_rebuilt_keyed_by_arrival() {
+        let object_timeline = r#"[{"at_ms":0.0,"name":"received","detail":null},{"at_ms":2.5,"name":"done","detail":"timeout"}]"#;
+        for version in [1, 2] {
+            let mut conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch(SCHEMA_2).unwrap();
+            conn.pragma_update(None, "user_version", version).unwrap();
+            // Logged in this order; "b" arrived first. "c" and "d" share a millisecond; "e" was
+            // received before 1970 (a clock far off). Version 1 wrote timelines as objects.
+            let timeline = if version == 1 {
+                object_timeline
+            } else {
+                r#"[[0,"received"],[2500,"done","timeout"]]"#
+            };
+            for (id, received_at, model) in [
+                ("a", 5_000, "m1"),
+                ("b", 1_000, "m2"),
+                ("c", 7_000, "m1"),
+                ("d", 7_000, "m1"),
+                ("e", -5, "m2"),
+            ] {
+                conn.execute(
+                    "INSERT INTO requests (id, received_at, route, method, model, status, stream, \
+                     timeline) VALUES (?1, ?2, '/v1/chat/completions', 'POST', ?3, 200, 0, ?4)",
+                    rusqlite::params![id, received_at, model, timeline],
+                )
+                .unwrap();
             }
-            sql.push_str(" ORDER BY received_at DESC, seq DESC LIMIT 50");
-            let mut stmt = conn.prepare(&sql).unwrap();
-            let rows: Vec<String> = stmt
-                .query_map([], |row| row.get(3))
+            migrate(&conn).unwrap();
+            assert_eq!(user_version(&conn), SCHEMA_VERSION);
+            assert_eq!(ids(&conn), ["e", "b", "a", "c", "d"], "schema {version}");
+            let keys: Vec<i64> = conn
+                .prepare("SELECT seq FROM requests ORDER BY seq")
+                .unwrap()
+                .query_map([], |row| row.get(0))
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
-            rows.join("; ")
+            assert_eq!(
+                keys,
+                [
+                    0,
+                    seq_floor(1_000),
+                    seq_floor(5_000),
+                    seq_floor(7_000),
+                    seq_floor(7_000) + 1
+                ]
+            );
+            // Every old row is found by id (through the index: nothing says when it arrived), with
+            // its timeline in either form; the old indexes are gone.
+            for id in ["a", "b", "c", "d", "e"] {
+                let record = get(&conn, id).unwrap().unwrap();
+                assert_eq!(
+                    record.timeline[1],
+                    TimelineEvent::with_detail(2.5, "done", "timeout")
+                );
+            }
+            let indexes: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+                .unwrap()
+                .query_map([], |row| row.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(
+                indexes,
+                ["requests_id", "requests_model", "requests_status"]
+            );
+            let by_model = query(
+                &conn,
+                &RequestFilter {
+                    model: Some("m1".to_owned()),
+                    ..RequestFilter::default()
+                },
+            )
+            .unwrap();
+            let by_model: Vec<_> = by_model.into_iter().map(|s| s.id).collect();
+            assert_eq!(by_model, ["d", "c", "a"]);
+            // New rows go on as schema 3 rows; upgrading twice is a no-op.
+            insert(&mut conn, &[rec("new", 9_000)]).unwrap();
+            migrate(&conn).unwrap();
+            assert_eq!(ids(&conn), ["e", "b", "a", "c", "d", "new"]);
+        }
+    }
+
+    /// A UUIDv7 id with the timestamp `ms`, as `app.rs` makes them.
+    fn uuid_at(ms: i64) -> String {
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(ms / 1000).unwrap(),
+            u32::try_from(ms % 1000).unwrap() * 1_000_000,
+        );
+        uuid::Uuid::new_v7(ts).to_string()
+    }
+
+    fn indexed_ids(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT id FROM requests WHERE id_indexed ORDER BY seq")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn only_ids_that_do_not_tell_the_arrival_time_are_indexed_and_all_are_found() {
+        let mut conn = memory();
+        let t = 1_764_400_000_000;
+        let own = uuid_at(t);
+        let slow = uuid_at(t + 1_000);
+        let late = uuid_at(t + 2_000);
+        let other_time = uuid_at(t - 60_000);
+        let batch = [
+            // Sluice's own id, the arrival read in the same millisecond or just after.
+            rec(&own, t),
+            // The thread was descheduled for the slack between the two clock reads: still near.
+            rec(&slow, t + 1_000 + ID_TIME_SLACK_MS),
+            // Further than the slack: indexed.
+            rec(&late, t + 2_000 + ID_TIME_SLACK_MS + 1),
+            // A client's id, and a client's UUIDv7 from another time.
+            rec("client-chosen", t),
+            rec(&other_time, t + 3_000),
+            // A UUID of another version.
+            rec("67e55044-10b1-426f-9247-bb680e5fe0c8", t),
+        ];
+        insert(&mut conn, &batch).unwrap();
+        assert_eq!(
+            indexed_ids(&conn),
+            [
+                "client-chosen",
+                "67e55044-10b1-426f-9247-bb680e5fe0c8",
+                late.as_str(),
+                other_time.as_str()
+            ]
+        );
+        for r in &batch {
+            assert_eq!(get(&conn, &r.id).unwrap().as_ref(), Some(r), "{}", r.id);
+        }
+        // Near a UUIDv7's timestamp there is no record with that id: not found.
+        assert_eq!(get(&conn, &uuid_at(t + 1)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_reused_id_returns_the_latest_arrival_whichever_way_each_was_found() {
+        let t = 1_764_400_000_000;
+        let id = uuid_at(t);
+        // Received at the id's time (found by time), and a minute later (found in the index), logged
+        // in either order.
+        for later_first in [false, true] {
+            let mut conn = memory();
+            let first = rec(&id, t);
+            let mut second = rec(&id, t + 60_000);
+            second.status = 500;
+            let batch = if later_first {
+                [second.clone(), first]
+            } else {
+                [first, second.clone()]
+            };
+            insert(&mut conn, &batch).unwrap();
+            assert_eq!(indexed_ids(&conn), [id.as_str()]);
+            assert_eq!(get(&conn, &id).unwrap(), Some(second.clone()));
+        }
+        // Both in the index: the later arrival too.
+        let mut conn = memory();
+        let mut later = rec("reused", 2_000);
+        later.status = 500;
+        insert(&mut conn, &[later.clone(), rec("reused", 1_000)]).unwrap();
+        assert_eq!(get(&conn, "reused").unwrap(), Some(later));
+    }
+
+    #[test]
+    fn listings_are_in_arrival_order_whatever_the_order_logged() {
+        let mut conn = memory();
+        // A long stream received first is logged after the short calls that came in meanwhile.
+        let mut stream = rec("stream", 1_000);
+        stream.model = Some("m".to_owned());
+        let mut short = rec("short", 2_000);
+        short.model = Some("m".to_owned());
+        let mut other = rec("other", 3_000);
+        other.status = 500;
+        insert(&mut conn, &[short, other]).unwrap();
+        insert(&mut conn, &[stream]).unwrap();
+        let list = |filter: RequestFilter| -> Vec<String> {
+            query(&conn, &filter)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
         };
-        let all = plan(&RequestFilter::default());
-        assert!(all.contains("requests_received_at"), "{all}");
-        assert!(!all.contains("TEMP B-TREE"), "{all}");
-        let by_model = plan(&RequestFilter {
-            model: Some("m".to_owned()),
+        assert_eq!(list(RequestFilter::default()), ["other", "short", "stream"]);
+        assert_eq!(
+            list(RequestFilter {
+                since_ms: Some(2_000),
+                ..RequestFilter::default()
+            }),
+            ["other", "short"]
+        );
+        assert_eq!(
+            list(RequestFilter {
+                model: Some("m".to_owned()),
+                since_ms: Some(1_001),
+                ..RequestFilter::default()
+            }),
+            ["short"]
+        );
+        assert_eq!(
+            list(RequestFilter {
+                model: Some("m".to_owned()),
+                ..RequestFilter::default()
+            }),
+            ["short", "stream"]
+        );
+        assert_eq!(
+            list(RequestFilter {
+                status: Some(500),
+                since_ms: Some(-1),
+                ..RequestFilter::default()
+            }),
+            ["other"]
+        );
+        assert_eq!(
+            list(RequestFilter {
+                limit: 1,
+                ..RequestFilter::default()
+            }),
+            ["other"]
+        );
+    }
+
+    #[test]
+    fn keys_clamp_arrival_times_they_cannot_hold() {
+        assert_eq!(seq_floor(-1), 0);
+        assert_eq!(seq_floor(i64::MIN), 0);
+        assert_eq!(seq_floor(1), 1 << SEQ_LOW_BITS);
+        assert_eq!(seq_floor(i64::MAX), MAX_SEQ_MS << SEQ_LOW_BITS);
+        assert_eq!(seq_ceil(i64::MAX), i64::MAX);
+        // The counter wraps within the millisecond's bits.
+        let mut seqs = SeqSource::starting_at(u32::MAX);
+        assert_eq!(seqs.key(7), seq_floor(7) | SEQ_LOW_MASK);
+        assert_eq!(seqs.key(7), seq_floor(7));
+        // Extreme arrival times are stored and found.
+        let mut conn = memory();
+        insert(&mut conn, &[rec("past", i64::MIN), rec("future", i64::MAX)]).unwrap();
+        assert_eq!(ids(&conn), ["past", "future"]);
+        assert_eq!(get(&conn, "future").unwrap().unwrap().received_at, i64::MAX);
+    }
+
+    #[test]
+    fn a_taken_key_fails_the_batch_and_each_record_then_finds_a_free_one() {
+        let mut conn = memory();
+        // Another process (or this one before a clock step back) used the keys a source starting at
+        // 5 hands out for millisecond 1,000.
+        insert_batch(
+            &mut conn,
+            &mut SeqSource::starting_at(5),
+            &[rec("earlier-1", 1_000), rec("earlier-2", 1_000)],
+        )
+        .unwrap();
+        let batch = [rec("a", 1_000), rec("b", 2_000), rec("c", 1_000)];
+        let error = insert_batch(&mut conn, &mut SeqSource::starting_at(5), &batch).unwrap_err();
+        assert_eq!(
+            error.sqlite_error_code(),
+            Some(ErrorCode::ConstraintViolation)
+        );
+        assert!(!is_transient(&error));
+        assert_eq!(ids(&conn), ["earlier-1", "earlier-2"]);
+        // What the writer does next: one record at a time.
+        for r in &batch {
+            insert_one(&mut conn, r).unwrap();
+        }
+        assert_eq!(ids(&conn), ["earlier-1", "earlier-2", "a", "c", "b"]);
+        for r in &batch {
+            assert_eq!(get(&conn, &r.id).unwrap().as_ref(), Some(r));
+        }
+    }
+
+    #[test]
+    fn the_count_follows_inserts_and_deletes_and_is_counted_again_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.db");
+        let mut conn = open_writer(&path, Duration::from_secs(1)).unwrap();
+        let now = 100 * DAY_MS;
+        let batch: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"), now)).collect();
+        insert(&mut conn, &batch).unwrap();
+        insert_one(&mut conn, &rec("one", now)).unwrap();
+        assert_eq!(count(&conn).unwrap(), 11);
+        let retention = Retention {
+            max_age: Duration::from_hours(1),
+            max_rows: 4,
+        };
+        apply_retention(&mut conn, &retention, now, 100).unwrap();
+        assert_eq!(ids(&conn), ["r7", "r8", "r9", "one"]);
+        // Rows deleted behind the writer's back (by hand, say) are counted when it opens the file.
+        conn.execute("DELETE FROM requests WHERE id = 'r7'", [])
+            .unwrap();
+        assert_eq!(count(&conn).unwrap(), 4);
+        drop(conn);
+        let conn = open_writer(&path, Duration::from_secs(1)).unwrap();
+        assert_eq!(count(&conn).unwrap(), 3);
+        assert_eq!(ids(&conn), ["r8", "r9", "one"]);
+    }
+
+    #[test]
+    fn listings_use_the_table_order_or_an_index_and_never_sort() {
+        let conn = memory();
+        let plan = |filter: RequestFilter| {
+            let (sql, params) = listing(&filter);
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(params), |row| row.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = rows.join("; ");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+            plan
+        };
+        let model = || Some("m".to_owned());
+        let all = plan(RequestFilter::default());
+        assert_eq!(all, "SCAN requests", "{all}");
+        let since = plan(RequestFilter {
+            since_ms: Some(1_000),
             ..RequestFilter::default()
         });
-        assert!(by_model.contains("requests_model"), "{by_model}");
-        assert!(!by_model.contains("TEMP B-TREE"), "{by_model}");
-        let by_status = plan(&RequestFilter {
+        assert!(since.contains("INTEGER PRIMARY KEY (rowid>?)"), "{since}");
+        let by_model = plan(RequestFilter {
+            model: model(),
+            ..RequestFilter::default()
+        });
+        assert!(by_model.contains("requests_model (model=?)"), "{by_model}");
+        let by_model_since = plan(RequestFilter {
+            model: model(),
+            since_ms: Some(1_000),
+            ..RequestFilter::default()
+        });
+        assert!(
+            by_model_since.contains("requests_model (model=? AND rowid>?)"),
+            "{by_model_since}"
+        );
+        let by_status = plan(RequestFilter {
             status: Some(500),
             ..RequestFilter::default()
         });
-        assert!(by_status.contains("requests_status"), "{by_status}");
+        assert!(
+            by_status.contains("requests_status (status=?)"),
+            "{by_status}"
+        );
+        // A lookup by id: the partial index, and a range of keys.
+        let indexed = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id FROM requests WHERE id = 'x' AND id_indexed \
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .unwrap()
+            .query_row([], |row| row.get::<_, String>(3))
+            .unwrap();
+        assert!(indexed.contains("requests_id (id=?)"), "{indexed}");
     }
 }

@@ -23,7 +23,8 @@
 //!
 //! Failure: a batch that fails with a transient error (lock, full disk) is kept and retried with
 //! backoff; meanwhile no more is taken off the queue, so the queue fills and `record()` sheds. A batch
-//! that fails for another reason is retried one record at a time and the failures are counted.
+//! that fails for another reason (a record SQLite refuses, or a key already taken: `store::SeqSource`)
+//! is retried one record at a time, each under a free key, and the failures are counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +37,7 @@ use tokio::time::Instant;
 
 use super::record::{RequestRecord, now_unix_ms};
 use super::redact;
-use super::store::{self, Retention};
+use super::store::{self, Retention, SeqSource};
 
 /// A record on its way to the writer, with the body sizes before the request-path cut.
 pub(crate) struct Queued {
@@ -133,6 +134,8 @@ pub(crate) struct Writer {
     /// Set by a shutdown that timed out: stop retrying, drop what is left.
     pub abandon: Arc<AtomicBool>,
     pub retention: Retention,
+    /// The keys of new rows.
+    pub seqs: SeqSource,
     pub max_body_bytes: usize,
     pub tuning: Tuning,
 }
@@ -231,7 +234,7 @@ impl Writer {
         let (mut backoff, max_backoff) = self.tuning.retry_backoff;
         let mut attempts: u32 = 0;
         loop {
-            match store::insert_batch(&mut self.conn, &records) {
+            match store::insert_batch(&mut self.conn, &mut self.seqs, &records) {
                 Ok(()) => {
                     self.counters.written.fetch_add(n, Ordering::Relaxed);
                     if attempts > 0 {
@@ -258,7 +261,7 @@ impl Writer {
                     tracing::warn!(error = %e, records = n,
                         "request log: batch rejected, writing its records one by one");
                     for record in &records {
-                        match store::insert_batch(&mut self.conn, std::slice::from_ref(record)) {
+                        match store::insert_one(&mut self.conn, record) {
                             Ok(()) => self.counters.written.fetch_add(1, Ordering::Relaxed),
                             Err(e) => {
                                 tracing::warn!(id = %record.id, error = %e, "request log: record dropped");
