@@ -1,7 +1,8 @@
 //! SQLite storage: schema and pragmas, batched inserts, listings and lookups, retention. Plain functions
 //! over a `rusqlite::Connection`; which thread calls them is decided in `mod.rs` and `writer.rs`.
 //!
-//! One table, `requests`, and three indexes. Its key `seq` (the rowid) is the arrival time: the
+//! The records are in one table, `requests`, with three indexes; `requests_count` holds how many
+//! there are (for retention's row limit). The table's key `seq` (the rowid) is the arrival time: the
 //! millisecond a request was received above [`SEQ_LOW_BITS`] bits that tell apart the requests of one
 //! millisecond ([`SeqSource`]). So the table itself is in arrival order, and what needed an index of
 //! its own before is a range of keys: "newest first" and `since=` listings, "older than the
