@@ -3,7 +3,10 @@
 #
 #   bench/instructions.sh [REQUESTS]        default 2000; MODES="off logs reqlog otel on" picks modes;
 #                                           STREAM=1 sends streaming requests instead; BIN=path counts
-#                                           another build of sluice (a copy of an earlier target/release/sluice)
+#                                           another build of sluice (a copy of an earlier target/release/sluice);
+#                                           PREFILL=N first logs N requests into the request log (modes
+#                                           reqlog and on) with the same build, not counted, so the
+#                                           counted inserts go into a log of that size (deeper B-trees)
 #
 # Latency percentiles on a shared machine move by more than the few microseconds a telemetry change
 # is worth; an instruction count does not (valgrind counts the same for the same binary and input,
@@ -29,7 +32,7 @@ cd "$REPO"
 cargo build --release --bins --quiet
 BIN="${BIN:-target/release/sluice}"
 OUT="$REPO/bench/results/instr-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
-echo "STREAM=${STREAM:-0} REQUESTS=$REQUESTS MODES=$MODES BIN=$BIN" >"$OUT/layout.txt"
+echo "STREAM=${STREAM:-0} REQUESTS=$REQUESTS MODES=$MODES BIN=$BIN PREFILL=${PREFILL:-0}" >"$OUT/layout.txt"
 WORK="$(mktemp -d)"; PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -54,6 +57,14 @@ for mode in $MODES; do
     printf '[providers.up]\nkind = "openai"\nbase_url = "http://127.0.0.1:%s/v1"\n' "$PORT_UP"
     printf '[models.bench]\nprovider = "up"\nprice = { input = "0.15", output = "0.60" }\n'
   } >"$OUT/$mode.toml"
+  if [ "${PREFILL:-0}" -gt 0 ] && grep -q '^enabled = true' "$OUT/$mode.toml"; then
+    "$BIN" serve --config "$OUT/$mode.toml" >"$WORK/prefill-$mode.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT_GW") 2>/dev/null && break; sleep 0.1; done
+    oha --no-tui -c 50 -m POST -H 'content-type: application/json' -d "$BODY" -n "$PREFILL" \
+      "http://127.0.0.1:$PORT_GW/v1/chat/completions" >/dev/null
+    kill -TERM "$pid"; wait "$pid" || true
+  fi
   TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --separate-threads=yes \
     --callgrind-out-file="$OUT/callgrind.$mode.%p" \
     "$BIN" serve --config "$OUT/$mode.toml" >"$WORK/sluice-$mode.log" 2>"$WORK/valgrind-$mode.log" &
