@@ -744,16 +744,19 @@ mod tests {
         SEQS.with_borrow_mut(|seqs| insert_batch(conn, seqs, batch))
     }
 
-    /// The ids in key (arrival) order; checks that `requests_count` agrees with the table.
-    fn ids(conn: &Connection) -> Vec<String> {
-        let mut stmt = conn
-            .prepare("SELECT id FROM requests ORDER BY seq")
-            .unwrap();
-        let ids: Vec<String> = stmt
+    /// The first column of every row `sql` returns.
+    fn column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
+        conn.prepare(sql)
+            .unwrap()
             .query_map([], |row| row.get(0))
             .unwrap()
             .collect::<Result<_, _>>()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The ids in key (arrival) order; checks that `requests_count` agrees with the table.
+    fn ids(conn: &Connection) -> Vec<String> {
+        let ids: Vec<String> = column(conn, "SELECT id FROM requests ORDER BY seq");
         assert_eq!(count(conn).unwrap(), u64::try_from(ids.len()).unwrap());
         ids
     }
@@ -1047,13 +1050,7 @@ mod tests {
             migrate(&conn).unwrap();
             assert_eq!(user_version(&conn), SCHEMA_VERSION);
             assert_eq!(ids(&conn), ["e", "b", "a", "c", "d"], "schema {version}");
-            let keys: Vec<i64> = conn
-                .prepare("SELECT seq FROM requests ORDER BY seq")
-                .unwrap()
-                .query_map([], |row| row.get(0))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let keys: Vec<i64> = column(&conn, "SELECT seq FROM requests ORDER BY seq");
             assert_eq!(
                 keys,
                 [
@@ -1073,13 +1070,10 @@ mod tests {
                     TimelineEvent::with_detail(2.5, "done", "timeout")
                 );
             }
-            let indexes: Vec<String> = conn
-                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
-                .unwrap()
-                .query_map([], |row| row.get(0))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let indexes: Vec<String> = column(
+                &conn,
+                "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name",
+            );
             assert_eq!(
                 indexes,
                 ["requests_id", "requests_model", "requests_status"]
@@ -1112,12 +1106,10 @@ mod tests {
     }
 
     fn indexed_ids(conn: &Connection) -> Vec<String> {
-        conn.prepare("SELECT id FROM requests WHERE id_indexed ORDER BY seq")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        column(
+            conn,
+            "SELECT id FROM requests WHERE id_indexed ORDER BY seq",
+        )
     }
 
     #[test]

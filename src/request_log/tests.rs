@@ -120,6 +120,18 @@ fn full_record(id: &str) -> RequestRecord {
     }
 }
 
+/// The ids of the default listing, sorted.
+fn listed_ids_sorted(log: &RequestLog) -> Vec<String> {
+    let mut ids: Vec<_> = log
+        .query(&RequestFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
 fn count(path: &Path) -> i64 {
     store::count_rows(&Connection::open(path).unwrap()).unwrap()
 }
@@ -314,14 +326,7 @@ async fn a_refused_record_costs_only_itself() {
     }
     writer.shutdown(SHUTDOWN).await;
     assert_eq!((log.written_count(), log.failed_count()), (3, 1));
-    let mut ids: Vec<_> = log
-        .query(&RequestFilter::default())
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    ids.sort();
-    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(listed_ids_sorted(&log), ["a", "b", "c"]);
     assert_eq!(count(&dir.db()), 3);
 }
 
@@ -443,15 +448,8 @@ async fn the_writer_applies_retention_by_age_and_by_rows() {
     })
     .await;
     writer.shutdown(SHUTDOWN).await;
-    let mut ids: Vec<_> = log
-        .query(&RequestFilter::default())
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    ids.sort();
     let expected: Vec<_> = (15..25).map(|i| format!("new{i:02}")).collect();
-    assert_eq!(ids, expected);
+    assert_eq!(listed_ids_sorted(&log), expected);
 }
 
 #[tokio::test]
