@@ -88,7 +88,7 @@ const KEPT_COLUMNS: &str = "id, received_at, trace_id, key_id, route, method, mo
 
 /// Bits of `seq` below the arrival millisecond: a counter, so up to 2^20 requests of one millisecond
 /// get keys of their own.
-pub(crate) const SEQ_LOW_BITS: u32 = 20;
+const SEQ_LOW_BITS: u32 = 20;
 
 /// The mask of those bits.
 const SEQ_LOW_MASK: i64 = (1 << SEQ_LOW_BITS) - 1;
@@ -98,7 +98,7 @@ const SEQ_LOW_MASK: i64 = (1 << SEQ_LOW_BITS) - 1;
 const MAX_SEQ_MS: i64 = (1 << (63 - SEQ_LOW_BITS)) - 1;
 
 /// The smallest key of arrival millisecond `ms` (clamped to what a key can hold).
-pub(crate) fn seq_floor(ms: i64) -> i64 {
+fn seq_floor(ms: i64) -> i64 {
     ms.clamp(0, MAX_SEQ_MS) << SEQ_LOW_BITS
 }
 
@@ -146,7 +146,7 @@ impl SeqSource {
 /// differ by less than a millisecond unless the thread is descheduled in between; a record outside the
 /// window, or whose id is not a UUIDv7 at all, goes into the index. A lookup scans the records of
 /// twice this span, ~400 at 2,000 requests/s.
-pub(crate) const ID_TIME_SLACK_MS: i64 = 100;
+const ID_TIME_SLACK_MS: i64 = 100;
 
 /// The unix milliseconds of a UUIDv7 id's timestamp; `None` for any other id.
 fn uuid_v7_ms(id: &str) -> Option<i64> {
@@ -175,13 +175,16 @@ const INSERT: &str = "INSERT OR ROLLBACK INTO requests (seq, id, id_indexed, rec
 /// [`INSERT`] one record under a free key of its millisecond: one past the largest key of `?1`'s
 /// millisecond (`?1` being the first key of that millisecond), or the first. Used after a batch met a
 /// taken key (a rare case, see [`SeqSource`]); it costs a key lookup per record.
-const INSERT_FREE_KEY: &str = "INSERT INTO requests (seq, id, id_indexed, received_at, trace_id,
-    key_id, route, method, model, provider, status, stream, latency_ms, ttft_ms, upstream_ms,
-    input_tokens, output_tokens, cost_usd, error_kind, cache, error_message, request_body,
-    response_body, timeline)
-    VALUES ((SELECT coalesce(max(seq) + 1, ?1) FROM requests WHERE seq BETWEEN ?1 AND ?1 + 1048575),
-    ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-    ?23, ?24)";
+static INSERT_FREE_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    INSERT.replacen(
+        "VALUES (?1,",
+        &format!(
+            "VALUES ((SELECT coalesce(max(seq) + 1, ?1) FROM requests \
+             WHERE seq BETWEEN ?1 AND ?1 + {SEQ_LOW_MASK}),"
+        ),
+        1,
+    )
+});
 
 /// The summary columns, in `summary_from_row` order; a full record adds the four after them.
 const SUMMARY_COLUMNS: &str = "id, received_at, trace_id, key_id, route, method, model, provider, \
@@ -360,7 +363,7 @@ pub(crate) fn insert_batch(
 pub(crate) fn insert_one(conn: &mut Connection, record: &RequestRecord) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
-        let mut stmt = tx.prepare_cached(INSERT_FREE_KEY)?;
+        let mut stmt = tx.prepare_cached(&INSERT_FREE_KEY)?;
         bind_record(
             &mut stmt,
             0,
