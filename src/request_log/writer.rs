@@ -150,6 +150,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("sluice-reqlog".to_owned())
             .spawn(move || {
+                crate::telemetry::sched_class::enter_batch();
                 runtime.block_on(self.run());
             })
     }

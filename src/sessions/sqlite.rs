@@ -152,6 +152,7 @@ impl SqliteSessionStore {
         std::thread::Builder::new()
             .name("sluice-checkpoint".to_owned())
             .spawn(move || {
+                crate::telemetry::sched_class::enter_batch();
                 let result = Connection::open(&*path).and_then(|conn| {
                     conn.busy_timeout(BUSY_TIMEOUT)?;
                     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))

@@ -8,8 +8,10 @@
 //! the requests queued ahead of it on that thread, so those microseconds showed up several times over
 //! at p99. Here they run on a thread of their own.
 //!
-//! **Normal priority, on purpose** (this thread and every other background thread: log writer, span
-//! export, request-log writer, checkpoints). Until 2026-11-27 they ran as `SCHED_IDLE`, so that a
+//! **Normal weight, on purpose** (this thread and every other background thread: log writer, span
+//! export, request-log writer, checkpoints; since session 20 in the `SCHED_BATCH` class, which has
+//! the same weight but does not preempt a running request thread when it wakes:
+//! [`super::sched_class`]). Until 2026-11-27 they ran as `SCHED_IDLE`, so that a
 //! waking request thread would preempt them at once. With them so, and the request log or span
 //! export on, streaming clients saw stalls of 10 to 130 ms about once a minute (40 s at 2,000
 //! streams/s, Sluice on one core: 191–575 requests over 10 ms against 8–35 with everything off); at
@@ -278,6 +280,7 @@ pub fn drain(timeout: Duration) -> bool {
 }
 
 fn work(rx: &Receiver<Job>) {
+    super::sched_class::enter_batch();
     let mut pacer = Pacer::new(JOBS_PER_YIELD);
     let mut run = |job: Job| {
         job();

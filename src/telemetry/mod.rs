@@ -12,6 +12,7 @@ pub mod otel;
 mod otlp_encode;
 mod otlp_http;
 pub mod request_scope;
+pub mod sched_class;
 pub mod span_fields;
 pub mod text_log;
 
@@ -296,12 +297,16 @@ pub fn init(
     config: &LogConfig,
     otel_config: &otel::OtelConfig,
 ) -> Result<TelemetryGuard, otel::OtelError> {
-    let otel = otel::init(otel_config)?;
-    let (writer, log) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_BUFFER_MESSAGES)
-        .thread_name("sluice-log-writer")
-        .finish(BackgroundWriter::new(std::io::stdout()));
+    // The span exporter's and the log writer's threads are started here: as background threads.
+    let (otel, (writer, log)) = sched_class::spawning_batch(|| {
+        let otel = otel::init(otel_config)?;
+        let log = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(LOG_BUFFER_MESSAGES)
+            .thread_name("sluice-log-writer")
+            .finish(BackgroundWriter::new(std::io::stdout()));
+        Ok::<_, otel::OtelError>((otel, log))
+    })?;
     let batched = log_batch::Batched::appender(writer);
     log_batch::register(&batched);
     install(
@@ -320,8 +325,8 @@ pub fn init(
 /// The log writer thread's output. The appender's thread takes every queued message (a line, or a
 /// batch of access lines: [`log_batch`]), then flushes once its queue is empty: with a buffer in
 /// between, a burst is one `write` to stdout. If it falls behind, the bounded queue drops messages and
-/// counts them. Like every background thread it keeps the normal priority and yields the core every
-/// [`LINES_PER_YIELD`] messages (see [`background`] for why).
+/// counts them. Like every background thread it runs as `SCHED_BATCH` ([`sched_class`]) and yields the
+/// core every [`LINES_PER_YIELD`] messages (see [`background`] for why).
 struct BackgroundWriter<W: std::io::Write> {
     inner: std::io::BufWriter<W>,
     pacer: background::Pacer,

@@ -388,3 +388,87 @@ async fn unknown_model_names_do_not_become_metric_labels() {
         20.0
     );
 }
+
+/// Every thread of process `pid` with its scheduling policy (`/proc/<pid>/task/<tid>/stat` field 41:
+/// 0 `SCHED_OTHER`, 3 `SCHED_BATCH`).
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        out.push((comm.trim().to_owned(), fields[41 - 3].parse().unwrap()));
+    }
+    out
+}
+
+/// The binary's background threads (telemetry thread, log writer, span export, request-log writer)
+/// run as `SCHED_BATCH`, its request threads in the ordinary class (`telemetry::sched_class`).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_binary_runs_its_background_threads_as_batch_and_its_request_threads_as_usual() {
+    let receiver = sluice::testkit::otlp::OtlpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, sluice::config::DEFAULT_CONFIG).unwrap();
+    let endpoint = receiver.endpoint();
+    let (mut child, addr, log) = crate::common::spawn_sluice_logging(
+        &config,
+        dir.path(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    )
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth("sk-sluice-demo")
+        .json(&chat_body("mock-gpt", "hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The access line is written through the telemetry thread: it exists once the line is out.
+    loop {
+        let record = log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the call's access line");
+        if record["target"] == sluice::telemetry::ACCESS_TARGET {
+            break;
+        }
+    }
+    let threads = thread_policies(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let policy_of = |name: &str| -> Vec<u32> {
+        threads
+            .iter()
+            .filter(|(comm, _)| comm == name)
+            .map(|(_, policy)| *policy)
+            .collect()
+    };
+    // Thread names as the kernel keeps them: 15 bytes.
+    for background in [
+        "sluice-telemetr",
+        "sluice-log-writ",
+        "sluice-reqlog",
+        "OpenTelemetry.T",
+    ] {
+        assert_eq!(policy_of(background), [3], "{background}: {threads:?}");
+    }
+    assert_eq!(policy_of("sluice"), [0], "main thread: {threads:?}");
+    let workers = policy_of("tokio-rt-worker");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|&p| p == 0),
+        "{threads:?}"
+    );
+}
