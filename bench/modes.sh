@@ -33,6 +33,7 @@
 # OTLP_COUNT_ONLY=1: the OTLP receiver decodes and counts spans but keeps none (less of core 1's time).
 # BATCH_MODES="a b": those modes' background threads (all but the main thread and Tokio's) become
 # SCHED_BATCH after the warm-up: same weight, but they do not preempt a running thread on wake-up.
+# Sluice does this itself from 9059c5c on (src/telemetry/sched_class.rs); the knob is for older builds.
 #
 # PIN=process (default): the whole Sluice process on core 0, so its background threads (log writer,
 # request-log writer, span export) compete with its request thread for the one core: the strictest
