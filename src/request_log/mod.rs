@@ -22,6 +22,7 @@
 //! kept by the request-path cut makes the result the same as redacting first: a secret that straddles
 //! the final cap is still whole when the writer masks it.
 
+mod checkpointer;
 mod config;
 mod record;
 mod redact;
@@ -44,6 +45,7 @@ pub use config::RequestLogConfig;
 pub use record::{RequestFilter, RequestRecord, RequestSummary, TimelineEvent, now_unix_ms};
 pub use redact::{REDACTED, redact};
 
+use checkpointer::Checkpointer;
 use store::{Retention, SeqSource};
 use writer::{Counters, Queued, Tuning, Writer};
 
@@ -120,6 +122,13 @@ impl RequestLog {
         }
         let conn = store::open_writer(&config.path, tuning.busy_timeout)?;
         let reader = store::open_reader(&config.path)?;
+        // Without the checkpoint thread the writer checkpoints itself, as it would when it lags.
+        let checkpointer = store::open_checkpoint_connection(&config.path)
+            .and_then(|conn| Checkpointer::spawn(conn).map_err(RequestLogError::Spawn))
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "request log: no checkpoint thread; the writer checkpoints");
+            })
+            .ok();
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
@@ -127,6 +136,7 @@ impl RequestLog {
         let abandon = Arc::new(AtomicBool::new(false));
         let thread = Writer {
             conn,
+            checkpointer,
             rx,
             stop: stop_rx,
             done: done_tx,

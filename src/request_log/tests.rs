@@ -415,6 +415,29 @@ async fn each_batch_is_checkpointed_into_the_database_file() {
 }
 
 #[tokio::test]
+async fn a_writer_whose_checkpoint_thread_lags_checkpoints_itself() {
+    let dir = TempDir::new();
+    // Lag 0 is always "behind": every batch is checkpointed by the writer, none by the thread.
+    let (log, writer) = RequestLog::open_with(
+        &config(&dir),
+        Tuning {
+            max_checkpoint_lag: 0,
+            ..fast()
+        },
+    )
+    .unwrap();
+    for round in 1..=3 {
+        log.record(rec(&format!("r{round}")));
+        eventually("the batch in the database file", || {
+            count_in_main_file(&dir) == round
+        })
+        .await;
+    }
+    assert_eq!(writer.shutdown(SHUTDOWN).await, 0);
+    assert_eq!(log.written_count(), 3);
+}
+
+#[tokio::test]
 async fn the_writer_applies_retention_by_age_and_by_rows() {
     let dir = TempDir::new();
     let (log, writer) = RequestLog::open_with(

@@ -13,9 +13,10 @@
 //! taken, up to `batch_max` per transaction (if a full batch is already waiting there is no linger).
 //! Sleeping through the linger rather than waking per record keeps `record()` free of thread wake-ups
 //! under load, and one transaction per linger keeps WAL growth and index page rewrites low. After
-//! each batch the writer checkpoints the WAL itself (SQLite's automatic checkpoint is off): a copy of
-//! one batch's pages, instead of SQLite's ~4 MB copy every 1000 pages inside a commit, which held the
-//! request threads' core for ~5 ms (`docs/BENCHMARKS.md`, session 8); the WAL stays small.
+//! each batch the WAL is checkpointed (SQLite's automatic checkpoint is off): a copy of one batch's
+//! pages, instead of SQLite's ~4 MB copy every 1000 pages inside a commit, which held the request
+//! threads' core for ~5 ms (`docs/BENCHMARKS.md`, session 8); the WAL stays small. The copy runs on
+//! the idle-class checkpoint thread (`checkpointer.rs`), or here when that thread falls behind.
 //!
 //! Retention: a step after every batch deletes what the retention rules say, at most
 //! [`RETENTION_CHUNK`] rows per rule, in statements of a few rows with the core yielded between them
@@ -35,6 +36,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::checkpointer::{self, Checkpointer};
 use super::record::{RequestRecord, now_unix_ms};
 use super::redact;
 use super::store::{self, Retention, SeqSource};
@@ -109,6 +111,8 @@ pub(crate) struct Tuning {
     pub busy_timeout: Duration,
     /// First and largest pause between retries of a failed batch.
     pub retry_backoff: (Duration, Duration),
+    /// Unserved checkpoint requests after which the writer checkpoints itself.
+    pub max_checkpoint_lag: u64,
 }
 
 impl Default for Tuning {
@@ -120,6 +124,7 @@ impl Default for Tuning {
             retention_chunk: RETENTION_CHUNK,
             busy_timeout: Duration::from_secs(1),
             retry_backoff: (Duration::from_millis(50), Duration::from_secs(2)),
+            max_checkpoint_lag: checkpointer::MAX_LAG,
         }
     }
 }
@@ -127,6 +132,8 @@ impl Default for Tuning {
 /// Everything the writer thread owns.
 pub(crate) struct Writer {
     pub conn: Connection,
+    /// The idle-class checkpoint thread; `None` if it could not be started.
+    pub checkpointer: Option<Checkpointer>,
     pub rx: mpsc::Receiver<Queued>,
     pub stop: oneshot::Receiver<()>,
     pub done: oneshot::Sender<()>,
@@ -276,11 +283,19 @@ impl Writer {
         }
     }
 
-    /// Checkpoints the WAL after a batch (the connection has automatic checkpoints off, see
-    /// `store::open_writer`). The core is yielded first: the commit before it and the copy are each a
-    /// burst a waiting request thread should not sit behind back to back. A failure (a reader holding
-    /// an old snapshot, say) leaves the frames for the next one.
+    /// Has the WAL checkpointed after a batch (the connection has automatic checkpoints off, see
+    /// `store::open_writer`): by the checkpoint thread, unless it lags [`Tuning::max_checkpoint_lag`]
+    /// requests behind (a core that never idles) or is missing; then here, with the core yielded first:
+    /// the commit before it and the copy are each a burst a waiting request thread should not sit
+    /// behind back to back. A failure (a reader holding an old snapshot, say) leaves the frames for the
+    /// next one.
     fn checkpoint(&self) {
+        if let Some(ck) = &self.checkpointer
+            && ck.lag() < self.tuning.max_checkpoint_lag
+        {
+            ck.request();
+            return;
+        }
         std::thread::yield_now();
         if let Err(e) = store::checkpoint(&self.conn) {
             tracing::debug!(error = %e, "request log: checkpoint failed");
@@ -314,14 +329,20 @@ impl Writer {
         }
     }
 
-    /// Closes the database (checkpointing the WAL) and then tells the handle the writer is done.
+    /// Stops the checkpoint thread, closes the database (checkpointing the WAL) and then tells the
+    /// handle the writer is done.
     fn finish(self) {
         let Writer {
             conn,
+            checkpointer,
             done,
             counters,
             ..
         } = self;
+        // Its connection first, so that closing the writer's (the last) checkpoints what is left.
+        if let Some(ck) = checkpointer {
+            ck.stop();
+        }
         if let Err((_, e)) = conn.close() {
             tracing::warn!(error = %e, "request log: closing the database failed");
         }

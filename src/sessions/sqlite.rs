@@ -145,14 +145,16 @@ impl SqliteSessionStore {
     /// blocks, the writer) on a connection of its own, on a short-lived thread named `sluice-checkpoint`
     /// rather than the blocking pool the session calls run on, so a checkpoint waiting out its busy
     /// timeout is visible in thread dumps. The gateway calls it every few seconds; without it the WAL
-    /// would grow without bound.
+    /// would grow without bound. The thread is `SCHED_IDLE` (`telemetry::sched_class`): the copy and
+    /// its syncs are one call that cannot yield, so it runs when the core is free and gives it up to a
+    /// request thread at once.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let path = Arc::clone(&self.path);
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("sluice-checkpoint".to_owned())
             .spawn(move || {
-                crate::telemetry::sched_class::enter_batch();
+                crate::telemetry::sched_class::enter_idle();
                 let result = Connection::open(&*path).and_then(|conn| {
                     conn.busy_timeout(BUSY_TIMEOUT)?;
                     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))

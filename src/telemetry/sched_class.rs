@@ -1,5 +1,5 @@
 //! The scheduling class of Sluice's background threads (telemetry thread, log writer, span export,
-//! request-log writer, session checkpoints): Linux's `SCHED_BATCH`, entered by each thread as it
+//! request-log writer): Linux's `SCHED_BATCH`, entered by each thread as it
 //! starts ([`enter_batch`]), or inherited from [`spawning_batch`] for threads a library starts.
 //!
 //! `SCHED_BATCH` has the weight of an ordinary thread (the same share of the core: nothing is starved
@@ -20,6 +20,18 @@
 //! started under `chrt` or `nice` keeps what the operator chose. `thread-priority` expresses a
 //! normal-class thread's nice value through its cross-platform priority scale, on which
 //! [`NICE_ZERO`] is nice 0 (checked by a test). Elsewhere than Linux these functions do nothing.
+//!
+//! **`SCHED_IDLE` for work that cannot yield** ([`enter_idle`]). A waking request thread takes the core
+//! from a running batch thread only once that thread's slice protection ends (EEVDF's run-to-parity),
+//! so work that holds the core in one call it cannot pace, such as a SQLite checkpoint (~0.3–1 ms of
+//! copying and syncing), is waited out by whichever request arrives meanwhile: measured with a 1 ms
+//! busy loop on the request thread's core, a waking thread's delay was p90 481 µs and p99 1,045 µs
+//! behind a batch thread against 78 µs and 105 µs behind an idle one (the machine's timer floor,
+//! 96 µs and 116 µs with nothing else running; docs/BENCHMARKS.md, session 21). An idle thread runs
+//! only when nothing else wants the core and is preempted at once. Such work gets a thread of its own
+//! that enters `SCHED_IDLE` for good, because leaving it takes `CAP_SYS_NICE`; whoever hands it work
+//! must cope with it falling behind when the core never idles (the request log's writer then does the
+//! checkpoint itself). Not for whole background threads (session 6, above).
 
 /// `thread-priority`'s cross-platform priority (0–99) that it maps to nice 0 for normal-class threads.
 #[cfg(target_os = "linux")]
@@ -36,8 +48,10 @@ struct Class {
 
 #[cfg(target_os = "linux")]
 const SCHED_OTHER: u32 = 0;
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(target_os = "linux")]
 const SCHED_BATCH: u32 = 3;
+#[cfg(all(test, target_os = "linux"))]
+const SCHED_IDLE: u32 = 5;
 
 #[cfg(target_os = "linux")]
 fn current() -> Option<Class> {
@@ -50,19 +64,13 @@ fn current() -> Option<Class> {
     })
 }
 
-/// Switches the calling thread between the ordinary class and `SCHED_BATCH`, at nice 0.
+/// Switches the calling thread into a normal-class policy (ordinary, batch or idle), at nice 0.
 #[cfg(target_os = "linux")]
-fn set(batch: bool) -> bool {
+fn set(policy: thread_priority::unix::NormalThreadSchedulePolicy) -> bool {
     use thread_priority::unix::{
-        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
-        thread_native_id,
+        ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
     };
     use thread_priority::{ThreadPriority, ThreadPriorityValue};
-    let policy = if batch {
-        NormalThreadSchedulePolicy::Batch
-    } else {
-        NormalThreadSchedulePolicy::Other
-    };
     let Ok(nice_zero) = ThreadPriorityValue::try_from(NICE_ZERO) else {
         return false;
     };
@@ -84,7 +92,7 @@ pub fn enter_batch() -> bool {
                 policy: SCHED_OTHER,
                 nice: 0,
             })
-            && set(true)
+            && set(thread_priority::unix::NormalThreadSchedulePolicy::Batch)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -99,12 +107,32 @@ pub fn spawning_batch<T>(f: impl FnOnce() -> T) -> T {
     let entered = enter_batch();
     let out = f();
     #[cfg(target_os = "linux")]
-    if entered && !set(false) {
+    if entered && !set(thread_priority::unix::NormalThreadSchedulePolicy::Other) {
         tracing::warn!("could not return a thread to the ordinary scheduling class");
     }
     #[cfg(not(target_os = "linux"))]
     let _ = entered;
     out
+}
+
+/// Moves the calling thread into `SCHED_IDLE` for the rest of its life if it is in the ordinary or
+/// the batch class at nice 0; true if it did. For a thread of its own whose work cannot yield (see the
+/// module's docs); it cannot come back.
+pub fn enter_idle() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        matches!(
+            current(),
+            Some(Class {
+                policy: SCHED_OTHER | SCHED_BATCH,
+                nice: 0
+            })
+        ) && set(thread_priority::unix::NormalThreadSchedulePolicy::Idle)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -159,6 +187,29 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_enters_idle_from_the_ordinary_or_the_batch_class() {
+        for from_batch in [false, true] {
+            let (entered, after) = std::thread::spawn(move || {
+                if from_batch {
+                    assert!(enter_batch());
+                }
+                (enter_idle(), current())
+            })
+            .join()
+            .unwrap();
+            assert!(entered, "from batch: {from_batch}");
+            assert_eq!(
+                after,
+                Some(Class {
+                    policy: SCHED_IDLE,
+                    nice: 0
+                }),
+                "from batch: {from_batch}"
+            );
+        }
+    }
+
+    #[test]
     fn a_thread_the_operator_put_elsewhere_is_left_alone() {
         let (entered, after) = std::thread::spawn(|| {
             use thread_priority::unix::{
@@ -176,6 +227,10 @@ mod tests {
         .join()
         .unwrap();
         assert!(!entered);
-        assert_eq!(after.map(|c| c.policy), Some(5), "still SCHED_IDLE");
+        assert_eq!(
+            after.map(|c| c.policy),
+            Some(SCHED_IDLE),
+            "still SCHED_IDLE"
+        );
     }
 }

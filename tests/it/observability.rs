@@ -414,7 +414,8 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
 }
 
 /// The binary's background threads (telemetry thread, log writer, span export, request-log writer)
-/// run as `SCHED_BATCH`, its request threads in the ordinary class (`telemetry::sched_class`).
+/// run as `SCHED_BATCH`, the request log's checkpoint thread as `SCHED_IDLE`, its request threads in
+/// the ordinary class (`telemetry::sched_class`).
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_binary_runs_its_background_threads_as_batch_and_its_request_threads_as_usual() {
@@ -465,6 +466,7 @@ async fn the_binary_runs_its_background_threads_as_batch_and_its_request_threads
     ] {
         assert_eq!(policy_of(background), [3], "{background}: {threads:?}");
     }
+    assert_eq!(policy_of("sluice-walckpt"), [5], "{threads:?}");
     assert_eq!(policy_of("sluice"), [0], "main thread: {threads:?}");
     let workers = policy_of("tokio-rt-worker");
     assert!(
