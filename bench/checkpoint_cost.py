@@ -19,10 +19,8 @@ import tempfile
 import time
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = open(os.path.join(REPO, "src/request_log/store.rs"), encoding="utf-8").read()
-SCHEMA = SRC.split('const SCHEMA: &str = "')[1].split('";')[0]
-INSERT = SRC.split('const INSERT: &str = "')[1].split('";')[0]
+from reqlog_schema import INSERT, SCHEMA, SEQ_LOW_BITS
+
 # A benchmark request's six steps, as stored (src/request_log/timeline.rs) and, for comparison, in
 # schema 1's object form.
 STEPS = [(0.0, "received"), (0.096635, "upstream_attempt"), (14.689016, "upstream_first_byte"),
@@ -50,7 +48,9 @@ def run(directory, sync, batches_per_checkpoint, rounds, form="compact", batch=2
                 n += 1
                 # Time-ordered ids, as Sluice's UUIDv7 request ids are.
                 rid = "%012x-7abc-%s" % (start_ms + n, uuid.uuid4().hex[:18])
-                conn.execute(INSERT, (rid, start_ms + n // 2, "0af7651916cd43dd8448eb211c80319c",
+                received_at = start_ms + n // 2
+                key = (received_at << SEQ_LOW_BITS) | (n & ((1 << SEQ_LOW_BITS) - 1))
+                conn.execute(INSERT, (key, rid, 0, received_at, "0af7651916cd43dd8448eb211c80319c",
                                       None, "/v1/chat/completions", "POST", "bench", "up", 200, 0,
                                       0.41, None, 0.2, 12, 20, "0.000150", None, None, None, None,
                                       None, TIMELINES[form]))

@@ -34,20 +34,8 @@ import tempfile
 import time
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = open(os.path.join(REPO, "src/request_log/store.rs"), encoding="utf-8").read()
+from reqlog_schema import INSERT, SCHEMA, SEQ_LOW_BITS, const
 
-
-def const(name):
-    """A string constant of store.rs, with Rust's line continuation ("\\" + newline + indent) undone."""
-    text = SRC.split(f'const {name}: &str = "')[1].split('";')[0]
-    return " ".join(" ".join(text.split("\\\n")).split())
-
-
-# Schema 3: the table, its indexes and the row count.
-SCHEMA = const("TABLE").replace("{table}", "requests") + const("INDEXES") + const("COUNT_TABLE")
-INSERT = const("INSERT")
-SEQ_LOW_BITS = int(SRC.split("const SEQ_LOW_BITS: u32 = ")[1].split(";")[0])
 # The retention statement; as the row limit uses it here: the oldest rows, whatever their key.
 DELETE = const("DELETE_OLDEST").replace("?1", "?").replace("?2", "?")
 I64_MAX = 2**63 - 1

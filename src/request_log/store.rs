@@ -247,18 +247,15 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, RequestLogError> {
     Ok(conn)
 }
 
-/// Opens a connection for the checkpoint thread (`checkpointer.rs`): read-write (a checkpoint writes
-/// the database file), with the writer's busy timeout; the writer has already set the file up.
+/// Opens a connection for the checkpoint thread (`checkpointer.rs`): read-write, since a checkpoint
+/// writes the database file; the writer has already set the file up. No busy timeout: a PASSIVE
+/// checkpoint never waits for a lock, it copies what it can.
 pub(crate) fn open_checkpoint_connection(path: &Path) -> Result<Connection, RequestLogError> {
-    let open_error = |source| RequestLogError::Open {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Connection::open_with_flags(path, flags).map_err(|source| RequestLogError::Open {
         path: path.to_owned(),
         source,
-    };
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
-    conn.busy_timeout(Duration::from_secs(1))
-        .map_err(open_error)?;
-    Ok(conn)
+    })
 }
 
 fn migrate(conn: &Connection) -> Result<(), RequestLogError> {

@@ -1,6 +1,7 @@
 //! The scheduling class of Sluice's background threads (telemetry thread, log writer, span export,
-//! request-log writer): Linux's `SCHED_BATCH`, entered by each thread as it
-//! starts ([`enter_batch`]), or inherited from [`spawning_batch`] for threads a library starts.
+//! request-log writer): Linux's `SCHED_BATCH`, entered by each thread as it starts ([`enter_batch`]),
+//! or inherited from [`spawning_batch`] for threads a library starts; and `SCHED_IDLE` for the SQLite
+//! checkpoints ([`enter_idle`], below).
 //!
 //! `SCHED_BATCH` has the weight of an ordinary thread (the same share of the core: nothing is starved
 //! and nothing falls behind that did not before), but when it wakes up it never preempts the thread
@@ -24,14 +25,14 @@
 //! **`SCHED_IDLE` for work that cannot yield** ([`enter_idle`]). A waking request thread takes the core
 //! from a running batch thread only once that thread's slice protection ends (EEVDF's run-to-parity),
 //! so work that holds the core in one call it cannot pace, such as a SQLite checkpoint (~0.3–1 ms of
-//! copying and syncing), is waited out by whichever request arrives meanwhile: measured with a 1 ms
-//! busy loop on the request thread's core, a waking thread's delay was p90 481 µs and p99 1,045 µs
-//! behind a batch thread against 78 µs and 105 µs behind an idle one (the machine's timer floor,
-//! 96 µs and 116 µs with nothing else running; docs/BENCHMARKS.md, session 21). An idle thread runs
-//! only when nothing else wants the core and is preempted at once. Such work gets a thread of its own
-//! that enters `SCHED_IDLE` for good, because leaving it takes `CAP_SYS_NICE`; whoever hands it work
-//! must cope with it falling behind when the core never idles (the request log's writer then does the
-//! checkpoint itself). Not for whole background threads (session 6, above).
+//! copying and syncing), is waited out by whichever request arrives meanwhile. Measured with 1 ms
+//! busy loops on a sleeping thread's core (`examples/wake_delay.rs`, docs/BENCHMARKS.md session 21):
+//! it woke p90 443–459 µs and p99 ~1,050 µs late behind a batch thread, 82–89 µs and 115–120 µs
+//! behind an idle one, 79–83 µs and 110–129 µs with nothing else there (the timer floor). An idle
+//! thread runs only when nothing else wants the core and is preempted at once. Such work gets a thread
+//! of its own that enters `SCHED_IDLE` for good, because leaving it takes `CAP_SYS_NICE`; whoever
+//! hands it work must cope with it falling behind when the core never idles (the request log's writer
+//! then does the checkpoint itself). Not for whole background threads (session 6, above).
 
 /// `thread-priority`'s cross-platform priority (0–99) that it maps to nice 0 for normal-class threads.
 #[cfg(target_os = "linux")]
