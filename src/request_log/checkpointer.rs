@@ -3,12 +3,13 @@
 //!
 //! After each batch the writer asks for a checkpoint here ([`Checkpointer::request`], which never
 //! waits) instead of running it itself. A checkpoint copies the batch's pages from the WAL into the
-//! database file and syncs both, in one SQLite call that cannot be split or paced: 0.5–1 ms on the
-//! core the request threads share, ten times a second at 2,000 requests/s (`bench/schedprobe.sh`,
-//! docs/BENCHMARKS.md session 21). On the writer's `SCHED_BATCH` thread a request thread that woke
-//! meanwhile waited for the rest of it; at `SCHED_IDLE` the checkpoint runs only while the core has
-//! nothing else to do and gives it up at once (`telemetry::sched_class`). Its own thread because a
-//! thread can enter `SCHED_IDLE` but not leave it without `CAP_SYS_NICE`.
+//! database file and syncs both, in one SQLite call that cannot be split or paced: ~0.3–0.5 ms of CPU
+//! on the core the request threads share, ten times a second at 2,000 requests/s
+//! (`bench/checkpoint_cost.py`, `bench/schedprobe.sh`; docs/BENCHMARKS.md session 21). On the
+//! writer's `SCHED_BATCH` thread a request thread that woke meanwhile waited for the rest of it; at
+//! `SCHED_IDLE` the checkpoint runs only while the core has nothing else to do and gives it up at
+//! once (`telemetry::sched_class`). Its own thread because a thread can enter `SCHED_IDLE` but not
+//! leave it without `CAP_SYS_NICE`.
 //!
 //! Falling behind: on a core that never idles the checkpoints wait. Requests made meanwhile are
 //! served by one checkpoint (it copies whatever the WAL holds), and once [`MAX_LAG`] of them wait the

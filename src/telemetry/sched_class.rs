@@ -24,7 +24,7 @@
 //!
 //! **`SCHED_IDLE` for work that cannot yield** ([`enter_idle`]). A waking request thread takes the core
 //! from a running batch thread only once that thread's slice protection ends (EEVDF's run-to-parity),
-//! so work that holds the core in one call it cannot pace, such as a SQLite checkpoint (~0.3–1 ms of
+//! so work that holds the core in one call it cannot pace, such as a SQLite checkpoint (~0.3–0.5 ms of
 //! copying and syncing), is waited out by whichever request arrives meanwhile. Measured with 1 ms
 //! busy loops on a sleeping thread's core (`examples/wake_delay.rs`, docs/BENCHMARKS.md session 21):
 //! it woke p90 443–459 µs and p99 ~1,050 µs late behind a batch thread, 82–89 µs and 115–120 µs
