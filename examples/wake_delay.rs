@@ -19,10 +19,10 @@
     reason = "a measurement program: it prints its results and stops at the first failure"
 )]
 
-use std::time::{Duration, Instant};
-
 #[cfg(target_os = "linux")]
 fn main() {
+    use std::time::{Duration, Instant};
+
     use sluice::telemetry::sched_class;
 
     let args: Vec<String> = std::env::args().skip(1).collect();
