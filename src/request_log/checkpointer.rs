@@ -76,6 +76,15 @@ impl Checkpointer {
         })
     }
 
+    /// Tests: a handle whose requests are never served, as if its thread never got the core.
+    #[cfg(test)]
+    pub(crate) fn stalled() -> Self {
+        Self {
+            shared: Arc::default(),
+            thread: None,
+        }
+    }
+
     /// Asks for a checkpoint of what the WAL holds now; returns at once.
     pub(crate) fn request(&self) {
         self.shared.lock().requested += 1;
@@ -105,21 +114,24 @@ impl Checkpointer {
     /// Stops the thread after the checkpoint in progress (if any) and waits until it has closed its
     /// connection, so that the writer's connection is the last one and its close checkpoints the rest.
     pub(crate) fn stop(mut self) {
-        self.shared.lock().stop = true;
-        self.shared.changed.notify_all();
+        self.signal_stop();
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
             tracing::warn!("request log: the checkpoint thread panicked");
         }
     }
+
+    fn signal_stop(&self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+    }
 }
 
 impl Drop for Checkpointer {
     /// A handle dropped without [`Checkpointer::stop`] (a writer that panicked) still ends the thread.
     fn drop(&mut self) {
-        self.shared.lock().stop = true;
-        self.shared.changed.notify_all();
+        self.signal_stop();
     }
 }
 

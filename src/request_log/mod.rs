@@ -129,6 +129,12 @@ impl RequestLog {
                 tracing::warn!(error = %e, "request log: no checkpoint thread; the writer checkpoints");
             })
             .ok();
+        #[cfg(test)]
+        let checkpointer = if tuning.stalled_checkpointer {
+            Some(Checkpointer::stalled())
+        } else {
+            checkpointer
+        };
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();

@@ -111,8 +111,10 @@ pub(crate) struct Tuning {
     pub busy_timeout: Duration,
     /// First and largest pause between retries of a failed batch.
     pub retry_backoff: (Duration, Duration),
-    /// Unserved checkpoint requests after which the writer checkpoints itself.
-    pub max_checkpoint_lag: u64,
+    /// Tests: the checkpoint thread is replaced by one that never serves a request (a thread that
+    /// never gets the core).
+    #[cfg(test)]
+    pub stalled_checkpointer: bool,
 }
 
 impl Default for Tuning {
@@ -124,7 +126,8 @@ impl Default for Tuning {
             retention_chunk: RETENTION_CHUNK,
             busy_timeout: Duration::from_secs(1),
             retry_backoff: (Duration::from_millis(50), Duration::from_secs(2)),
-            max_checkpoint_lag: checkpointer::MAX_LAG,
+            #[cfg(test)]
+            stalled_checkpointer: false,
         }
     }
 }
@@ -284,14 +287,14 @@ impl Writer {
     }
 
     /// Has the WAL checkpointed after a batch (the connection has automatic checkpoints off, see
-    /// `store::open_writer`): by the checkpoint thread, unless it lags [`Tuning::max_checkpoint_lag`]
+    /// `store::open_writer`): by the checkpoint thread, unless it lags [`checkpointer::MAX_LAG`]
     /// requests behind (a core that never idles) or is missing; then here, with the core yielded first:
     /// the commit before it and the copy are each a burst a waiting request thread should not sit
     /// behind back to back. A failure (a reader holding an old snapshot, say) leaves the frames for the
     /// next one.
     fn checkpoint(&self) {
         if let Some(ck) = &self.checkpointer
-            && ck.lag() < self.tuning.max_checkpoint_lag
+            && ck.lag() < checkpointer::MAX_LAG
         {
             ck.request();
             return;
