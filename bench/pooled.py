@@ -11,6 +11,13 @@ minutes apart from other rounds' but seconds apart from each other, so rounds ar
 unit). Per-round values are listed too. CPU µs per request by thread comes from the segments'
 `*.cpu.json` files (bench/threadcpu.py), as in modes.sh's own summary.
 
+Host steal: a segment during which the hypervisor took either vCPU away for STOLEN_MS or more
+(/proc/stat's steal time, recorded per segment by threadcpu.py snapshot-irq) is marked `*` in the
+per-round column, and each ratio is also given over the segments without steal ("unstolen"): the
+bench's VM stops both vCPUs for 10-100 ms at a time now and then when both are busy, which delays
+every request in flight by as much, whatever the target. Both figures are printed; the steal each
+target's segments saw is tabled, so a mode whose own CPU use drew more steal shows.
+
 Standard library only: a pooled quantile of sorted segments is found by bisection on the value
 (count of samples <= v summed over segments), so resampling never re-sorts.
 """
@@ -23,11 +30,37 @@ import sys
 
 QUANTILES = (0.50, 0.99)
 BOOTSTRAP = 1000
+# Steal (ms, on either CPU) from which a segment counts as stolen: one clock tick of /proc/stat.
+STOLEN_MS = 10
 
 
 def load(latdir, run, mode, target):
     with open(f"{latdir}/r{run}-{mode}-{target}.txt") as f:
         return sorted(float(x) * 1000 for x in f if x.strip())
+
+
+def stolen_ms(out, run, mode, target):
+    """Steal time per CPU during a segment, or None for runs recorded before it was."""
+    try:
+        with open(f"{out}/r{run}-{mode}-{target}.irq.json") as f:
+            irq = json.load(f)
+    except FileNotFoundError:
+        return None
+    cpus = [v for k, v in sorted(irq.items()) if k.startswith("stolen ")]
+    return cpus or None
+
+
+def busy_percent(out, rounds, mode, target):
+    """Median over segments of each CPU's busy share, "cpu0 / cpu1", or "" when not recorded."""
+    shares = {}
+    for r in rounds:
+        with open(f"{out}/r{r}-{mode}-{target}.irq.json") as f:
+            irq = json.load(f)
+        clock = irq.get("clock (ms)")
+        for k, v in irq.items():
+            if k.startswith("busy ") and clock:
+                shares.setdefault(k.split()[1], []).append(100 * v / clock)
+    return " / ".join(f"{statistics.median(v):.0f} %" for _, v in sorted(shares.items()))
 
 
 def quantile(segments, q):
@@ -54,11 +87,28 @@ def main():
         "|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
+    steal_lines = []
     for mode in ("nonstream", "stream"):
         lat = {t: {r: load(latdir, r, mode, t) for r in rounds} for t in targets}
+        steal = {t: {r: stolen_ms(out, r, mode, t) for r in rounds} for t in targets}
+        has_steal = all(v is not None for per in steal.values() for v in per.values())
+        kept = {t: {r for r in rounds if not has_steal or max(steal[t][r]) < STOLEN_MS} for t in targets}
 
         def added(rs, t, q):
             return quantile([lat[t][r] for r in rs], q) - quantile([lat["direct"][r] for r in rs], q)
+
+        def added_unstolen(rs, t, q):
+            mine = [lat[t][r] for r in rs if r in kept[t]]
+            base = [lat["direct"][r] for r in rs if r in kept["direct"]]
+            return quantile(mine, q) - quantile(base, q) if mine and base else None
+
+        if has_steal:
+            for t in targets:
+                per_cpu = [sum(steal[t][r][c] for r in rounds) for c in range(len(steal[t][rounds[0]]))]
+                steal_lines.append(
+                    f"| {mode} | {t} | {len(rounds) - len(kept[t])} of {len(rounds)} | "
+                    + " / ".join(str(ms) for ms in per_cpu) + f" | {busy_percent(out, rounds, mode, t)} |"
+                )
 
         for t in targets:
             p = [quantile(list(lat[t].values()), q) for q in QUANTILES]
@@ -66,7 +116,9 @@ def main():
             if t == "direct":
                 lines.append(f"| {mode} | direct | {n} | {p[0]:.3f} | {p[1]:.3f} | | | |")
                 continue
-            per_round = " / ".join(f"{added([r], t, 0.99):+.3f}" for r in rounds)
+            per_round = " / ".join(
+                f"{added([r], t, 0.99):+.3f}{'' if r in kept[t] else '*'}" for r in rounds
+            )
             lines.append(
                 f"| {mode} | sluice {t} | {n} | {p[0]:.3f} | {p[1]:.3f} | {added(rounds, t, 0.50):+.3f} | "
                 f"{added(rounds, t, 0.99):+.3f} | {per_round} |"
@@ -85,7 +137,26 @@ def main():
                     f"- {mode}: added latency {t}/off at p{round(q * 100)} = {ratio:.2f}x "
                     f"(90 % bootstrap over rounds {lo:.2f}x - {hi:.2f}x); {t} - off = {diff:+.3f} ms"
                 )
+                if has_steal:
+                    mine, off = added_unstolen(rounds, t, q), added_unstolen(rounds, "off", q)
+                    boot = sorted(
+                        a / b
+                        for a, b in ((added_unstolen(rs, t, q), added_unstolen(rs, "off", q)) for rs in samples)
+                        if a is not None and b is not None
+                    )
+                    if mine is not None and off is not None and boot:
+                        lo, hi = boot[int(0.05 * len(boot))], boot[int(0.95 * len(boot)) - 1]
+                        verdicts.append(
+                            f"  - unstolen segments only ({len(kept[t])} {t}, {len(kept['off'])} off, "
+                            f"{len(kept['direct'])} direct): {mine / off:.2f}x ({lo:.2f}x - {hi:.2f}x); "
+                            f"{t} - off = {mine - off:+.3f} ms"
+                        )
     text = "\n".join(lines) + "\n\n" + "\n".join(verdicts)
+    if steal_lines:
+        text += (
+            f"\n\n| mode | target | segments with steal >= {STOLEN_MS} ms | steal ms cpu0 / cpu1 (all segments) | busy cpu0 / cpu1 (median) |\n"
+            "|---|---|---|---|---|\n" + "\n".join(steal_lines)
+        )
     cpu = [
         "| mode | target | CPU µs/request (median of segments) | request threads | background threads | worker waiting for the core | worker minor faults / 1k requests | worker preempted / 1k requests |",
         "|---|---|---|---|---|---|---|---|",

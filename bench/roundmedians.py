@@ -6,7 +6,8 @@
 Reads the `per-round added p99` column that bench/pooled.py writes (one value per round, ms over the
 direct upstream in the same round) and prints, per run and mode, each Sluice target's median of
 those values and the ratio of that median to `off`'s. The pooled p99 of a run follows its worst
-rounds; this says what a typical round looked like. Standard library only.
+rounds; this says what a typical round looked like. A `*` (a segment with host steal) is read as the
+value it marks. Standard library only.
 """
 import statistics
 import sys
@@ -23,7 +24,7 @@ def rounds(path):
         in_table = in_table or "per-round added p99" in line
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if in_table and len(cells) == 8 and cells[1].startswith("sluice ") and cells[7]:
-            found[(cells[0], cells[1].removeprefix("sluice "))] = [float(v) for v in cells[7].split(" / ")]
+            found[(cells[0], cells[1].removeprefix("sluice "))] = [float(v.rstrip("*")) for v in cells[7].split(" / ")]
     return found
 
 

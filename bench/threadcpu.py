@@ -5,7 +5,8 @@
     threadcpu.py diff before.json after.json N  # CPU microseconds per request (N requests) by thread;
                                                 #   "NAME (minflt)", "NAME (preempted)", "NAME (slept)":
                                                 #   per 1,000 requests
-    threadcpu.py snapshot-irq > before.json     # machine-wide interrupts by kind and CPU; diff as above
+    threadcpu.py snapshot-irq > before.json     # machine-wide interrupts by kind and CPU, and each CPU's
+                                                #   steal and busy time; diff as above ("... (ms)": totals)
 
 Latency percentiles on a shared 2-core machine move by more than a few microseconds from run to run;
 CPU time per request is steadier and says where the time goes (request threads vs background threads).
@@ -16,6 +17,7 @@ waiting for a CPU (reported as "NAME (waiting)", not counted in the total).
 import json
 import os
 import sys
+import time
 from collections import defaultdict
 
 
@@ -57,7 +59,9 @@ def diff(before, after, requests):
     out = {}
     for name in sorted(set(before) | set(after)):
         n = after.get(name, 0) - before.get(name, 0)
-        if n > 0 and name.endswith(("(minflt)", "(preempted)", "(slept)", "(irq)")):
+        if name.endswith("(ms)"):
+            out[name] = n  # a total over the interval, not per request
+        elif n > 0 and name.endswith(("(minflt)", "(preempted)", "(slept)", "(irq)")):
             out[name] = round(n * 1000 / requests, 1)  # per 1,000 requests
         elif n > 0:
             out[name] = round(n / 1000 / requests, 2)  # ns to µs per request
@@ -78,6 +82,21 @@ def snapshot_irq():
             name = label.strip() if not label.strip().isdigit() else (fields[-1] if fields else label.strip())
             for cpu, n in enumerate(counts):
                 out[f"{name} cpu{cpu} (irq)"] = n
+    # Steal time (/proc/stat, in clock ticks of 10 ms): time the hypervisor ran something else while
+    # this vCPU had work. On the bench's VM both vCPUs stop together for 10-100 ms now and then when
+    # both are busy (a busy loop's clock gaps line up with the steal counter), which no code in the
+    # guest causes or can avoid; a segment with steal is told apart by bench/pooled.py.
+    # Busy time (user, nice, system, irq, softirq) per CPU and the clock, so that a segment's load on
+    # each core shows: a load generator's core near 100 % would time its own requests late.
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0].startswith("cpu") and fields[0] != "cpu":
+                ticks = [int(x) for x in fields[1:9]]
+                out[f"stolen {fields[0]} (ms)"] = round(ticks[7] * tick_ms)
+                out[f"busy {fields[0]} (ms)"] = round((ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) * tick_ms)
+    out["clock (ms)"] = round(time.monotonic() * 1000)
     return out
 
 
