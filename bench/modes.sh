@@ -22,8 +22,9 @@
 # alternates between them in segments of DURATION, RUNS rounds in rotating order; every request's
 # latency is pooled per target and bench/pooled.py reports pooled p50/p99, the added latency, its
 # ratio to `off` with a 90 % bootstrap interval over the rounds, and the same over the segments in
-# which the hypervisor stole no vCPU time (steal from /proc/stat per segment; see bench/pooled.py). Without it (the layout of the older
-# results), each target's Sluice is started for its turn and each run's percentiles are medianed.
+# which the hypervisor stole no vCPU time (steal from /proc/stat per segment; see bench/pooled.py).
+# Without it (the layout of the older results), each target's Sluice is started for its turn and each
+# run's percentiles are medianed.
 # TMPDIR decides where the log file and the request log are written (mktemp; /dev/shm for tmpfs).
 # ALT="name=mode:binary ..." adds modes that run another Sluice binary with a mode's config: two builds
 # compared in the same run (build the other one first and copy it out of target/).

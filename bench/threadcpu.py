@@ -83,9 +83,10 @@ def snapshot_irq():
             for cpu, n in enumerate(counts):
                 out[f"{name} cpu{cpu} (irq)"] = n
     # Steal time (/proc/stat, in clock ticks of 10 ms): time the hypervisor ran something else while
-    # this vCPU had work. On the bench's VM both vCPUs stop together for 10-100 ms now and then when
-    # both are busy (a busy loop's clock gaps line up with the steal counter), which no code in the
-    # guest causes or can avoid; a segment with steal is told apart by bench/pooled.py.
+    # this vCPU had work. On the bench's VM the vCPUs stop for 10-100 ms now and then when both are
+    # busy (a busy loop's clock gaps come with a rise of the steal counter, bench/host_steal.py): the
+    # guest cannot prevent it, though the busier it is the more often it happens. bench/pooled.py
+    # marks the segments with steal.
     # Busy time (user, nice, system, irq, softirq) per CPU and the clock, so that a segment's load on
     # each core shows: a load generator's core near 100 % would time its own requests late.
     tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
