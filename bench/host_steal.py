@@ -11,9 +11,9 @@ the gaps of >= 10 ms that started within 5 ms of one on another CPU (the whole V
 Run it with nothing else busy. Standard library only.
 
 Why (docs/BENCHMARKS.md, session 22): the latency benches put Sluice on core 0 and the load generator
-and upstream on core 1; on the bench's VM, with both vCPUs busy, both stopped together for 10-100 ms
-every few seconds while the steal counter rose, and with one busy they did not. Such a stop delays
-every request in flight, whatever the target, and made single 5 s segments of any target 20-40 ms
+and upstream on core 1; on the bench's VM, with both vCPUs busy, they stopped for up to 41 ms now
+and then while the steal counter rose, and with one busy they did not. Such a stop delays
+every request in flight, whatever the target, and made single 5 s segments of any target tens of ms
 slow at p99; bench/pooled.py reports ratios with and without the segments that saw steal.
 """
 import os

@@ -14,7 +14,7 @@ unit). Per-round values are listed too. CPU µs per request by thread comes from
 Host steal: a segment during which the hypervisor took either vCPU away for STOLEN_MS or more
 (/proc/stat's steal time, recorded per segment by threadcpu.py snapshot-irq) is marked `*` in the
 per-round column, and each ratio is also given over the segments without steal ("unstolen"): the
-bench's VM stops both vCPUs for 10-100 ms at a time now and then when both are busy, which delays
+bench's VM stops its vCPUs for tens of ms at a time now and then when both are busy, which delays
 every request in flight by as much, whatever the target. Both figures are printed; the steal each
 target's segments saw is tabled, so a mode whose own CPU use drew more steal shows.
 

@@ -83,7 +83,7 @@ def snapshot_irq():
             for cpu, n in enumerate(counts):
                 out[f"{name} cpu{cpu} (irq)"] = n
     # Steal time (/proc/stat, in clock ticks of 10 ms): time the hypervisor ran something else while
-    # this vCPU had work. On the bench's VM the vCPUs stop for 10-100 ms now and then when both are
+    # this vCPU had work. On the bench's VM the vCPUs stop for tens of ms now and then when both are
     # busy (a busy loop's clock gaps come with a rise of the steal counter, bench/host_steal.py): the
     # guest cannot prevent it, though the busier it is the more often it happens. bench/pooled.py
     # marks the segments with steal.
