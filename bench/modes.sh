@@ -22,7 +22,10 @@
 # alternates between them in segments of DURATION, RUNS rounds in rotating order; every request's
 # latency is pooled per target and bench/pooled.py reports pooled p50/p99, the added latency, its
 # ratio to `off` with a 90 % bootstrap interval over the rounds, and the same over the segments in
-# which the hypervisor stole no vCPU time (steal from /proc/stat per segment; see bench/pooled.py).
+# which the hypervisor stole no vCPU time (steal from /proc/stat per segment; see bench/pooled.py),
+# and over the requests that no stop of either CPU touched: examples/host_stops.rs watches each CPU
+# from a real-time thread during the run and pooled.py leaves out the requests in flight around each
+# stop it saw (HOST_STOPS=0: no watchers).
 # Without it (the layout of the older results), each target's Sluice is started for its turn and each
 # run's percentiles are medianed.
 # TMPDIR decides where the log file and the request log are written (mktemp; /dev/shm for tmpfs).
@@ -54,6 +57,8 @@ RUNS="${1:-3}"; RATE="${2:-2000}"; DURATION="${3:-10s}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 cargo build --release --bins --quiet ${CARGO_FEATURES:+--features "$CARGO_FEATURES"}
+# Its own cargo call: an example brings the dev-dependencies' features, which must not reach the bins.
+if [ "${INTERLEAVE:-0}" = 1 ] && [ "${HOST_STOPS:-1}" = 1 ]; then cargo build --release --quiet --example host_stops; fi
 SUITE="${SUITE:-observability}"
 PIN="${PIN:-process}"
 case "$PIN" in process|requests|split) ;; *) echo "PIN must be process, requests or split" >&2; exit 2 ;; esac
@@ -212,6 +217,14 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
   read -r -a TARGETS <<<"direct $MODES"
   n=${#TARGETS[@]}
   python3 bench/threadcpu.py snapshot "$OTLP_PID" >"$WORK/receiver-before.json"
+  if [ "${HOST_STOPS:-1}" = 1 ]; then
+    # One watcher per CPU, real-time, waking every 1 ms: its late wake-ups of 1 ms or more are the
+    # times that CPU ran nothing (examples/host_stops.rs), in wall-clock seconds like seg.base below.
+    for c in 0 1; do
+      chrt -f 50 taskset -c "$c" target/release/examples/host_stops 1000 1000 >"$OUT/stops-cpu$c.txt" &
+      PIDS+=($!)
+    done
+  fi
   for run in $(seq "$RUNS"); do
     order=()
     for k in $(seq 0 $((n - 1))); do order+=("${TARGETS[$(((k + run - 1) % n))]}"); done
@@ -225,8 +238,12 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
         [ -n "$pid" ] && python3 bench/threadcpu.py snapshot "$pid" >"$WORK/cpu-before.json"
         rm -f "$WORK/seg.db"
         python3 bench/threadcpu.py snapshot-irq >"$WORK/irq-before.json"
+        # oha's request times are relative to its start, a few ms after this wall-clock stamp.
+        date +%s.%N >"$WORK/seg.base"
         "${OHA[@]}" -z "$DURATION" -c 50 -q "$RATE" --latency-correction -d "$body" --db-url "$WORK/seg.db" "${URL_OF[$target]}" >"$OUT/r$run-$mode-$target.json"
         python3 -c 'import sqlite3,sys; print("\n".join(f"{d:.9f}" for (d,) in sqlite3.connect(sys.argv[1]).execute("select duration from oha")))' "$WORK/seg.db" >"$WORK/lat/r$run-$mode-$target.txt"
+        # Each request's interval (from its scheduled start, as the latency counts it) on the wall clock.
+        python3 -c 'import sqlite3,sys; b=float(open(sys.argv[2]).read()); print("\n".join(f"{b+s:.6f} {b+e:.6f}" for s,e in sqlite3.connect(sys.argv[1]).execute("select coalesce(start_latency_correction, start), end from oha")))' "$WORK/seg.db" "$WORK/seg.base" >"$WORK/lat/r$run-$mode-$target.times.txt"
         python3 bench/threadcpu.py snapshot-irq >"$WORK/irq-after.json"
         python3 bench/threadcpu.py diff "$WORK/irq-before.json" "$WORK/irq-after.json" "$(wc -l <"$WORK/lat/r$run-$mode-$target.txt")" >"$OUT/r$run-$mode-$target.irq.json"
         if [ -n "$pid" ]; then

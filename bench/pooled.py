@@ -18,6 +18,15 @@ bench's VM stops its vCPUs for tens of ms at a time now and then when both are b
 every request in flight by as much, whatever the target. Both figures are printed; the steal each
 target's segments saw is tabled, so a mode whose own CPU use drew more steal shows.
 
+Host stops: when the run has examples/host_stops.rs's records (OUT/stops-cpu*.txt: one line per time
+a real-time watcher on that CPU woke 1 ms or more late, so the CPU ran nothing) and each segment's
+request intervals (LATDIR/r*.times.txt, wall clock), each ratio is given a third time over the
+requests no stop touched ("clear of host stops"). A stop of L ms is widened to a window from
+STOP_PAD_MS before it to max(STOP_PAD_MS, DRAIN x L) after it: the queue that built up behind it
+drains afterwards, more slowly on a busier core (about L x rho / (1 - rho): 5.7 L at 85 % busy), so
+DRAIN is generous for every target alike. A request meeting a window is left out, whatever its
+target; how many each target lost is printed next to the ratio.
+
 Standard library only: a pooled quantile of sorted segments is found by bisection on the value
 (count of samples <= v summed over segments), so resampling never re-sorts.
 """
@@ -32,11 +41,59 @@ QUANTILES = (0.50, 0.99)
 BOOTSTRAP = 1000
 # Steal (ms, on either CPU) from which a segment counts as stolen: one clock tick of /proc/stat.
 STOLEN_MS = 10
+# Windows around host stops (see above), in seconds.
+STOP_PAD = 0.010
+DRAIN = 10
+# oha's clock starts this long at most after the segment's wall-clock stamp (modes.sh: `date`, then
+# exec of taskset and oha, then oha's set-up; bench/oha_clock.py measures it: 17-43 ms with a build
+# busy on both cores), so a request may have run up to this much later than its recorded interval
+# says: its end is taken as that much later.
+OHA_SLACK = 0.050
 
 
 def load(latdir, run, mode, target):
     with open(f"{latdir}/r{run}-{mode}-{target}.txt") as f:
         return sorted(float(x) * 1000 for x in f if x.strip())
+
+
+def stop_windows(out):
+    """(merged windows [(from, to)] in wall-clock seconds, stops [(start, ms)]), or None without records."""
+    names = sorted(n for n in os.listdir(out) if n.startswith("stops-cpu") and n.endswith(".txt"))
+    if not names:
+        return None
+    stops = {}
+    for name in names:
+        with open(f"{out}/{name}") as f:
+            stops[name[len("stops-"):-len(".txt")]] = [tuple(map(float, line.split())) for line in f if line.strip()]
+    windows = sorted(
+        (t - STOP_PAD, t + ms / 1000 + max(STOP_PAD, DRAIN * ms / 1000)) for per in stops.values() for t, ms in per
+    )
+    merged = []
+    for a, b in windows:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged, stops
+
+
+def load_clear(latdir, run, mode, target, windows):
+    """(sorted latencies in ms of the segment's requests that no stop window touched, requests in all)."""
+    with open(f"{latdir}/r{run}-{mode}-{target}.txt") as f:
+        durations = [float(x) * 1000 for x in f if x.strip()]
+    with open(f"{latdir}/r{run}-{mode}-{target}.times.txt") as f:
+        times = [tuple(map(float, line.split())) for line in f if line.strip()]
+    if len(times) != len(durations):
+        sys.exit(f"r{run}-{mode}-{target}: {len(times)} intervals for {len(durations)} latencies")
+    starts = [w[0] for w in windows]
+    kept = []
+    for (start, end), d in zip(times, durations):
+        # Windows are sorted and disjoint: only the last one to open before the request's (late) end
+        # can reach back to its start.
+        i = bisect.bisect_right(starts, end + OHA_SLACK)
+        if not (i and windows[i - 1][1] >= start):
+            kept.append(d)
+    return sorted(kept), len(durations)
 
 
 def stolen_ms(out, run, mode, target):
@@ -88,14 +145,24 @@ def main():
     ]
     verdicts = []
     steal_lines = []
+    stops = stop_windows(out)
+    if stops and not os.path.exists(f"{latdir}/r1-nonstream-direct.times.txt"):
+        stops = None
     for mode in ("nonstream", "stream"):
         lat = {t: {r: load(latdir, r, mode, t) for r in rounds} for t in targets}
         steal = {t: {r: stolen_ms(out, r, mode, t) for r in rounds} for t in targets}
         has_steal = all(v is not None for per in steal.values() for v in per.values())
         kept = {t: {r for r in rounds if not has_steal or max(steal[t][r]) < STOLEN_MS} for t in targets}
 
-        def added(rs, t, q):
+        def added(rs, t, q, lat=lat):
             return quantile([lat[t][r] for r in rs], q) - quantile([lat["direct"][r] for r in rs], q)
+
+        if stops:
+            clear, lost = {}, {}
+            for t in targets:
+                segs = {r: load_clear(latdir, r, mode, t, stops[0]) for r in rounds}
+                clear[t] = {r: kept for r, (kept, _) in segs.items()}
+                lost[t] = 1 - sum(len(k) for k in clear[t].values()) / sum(n for _, n in segs.values())
 
         def added_unstolen(rs, t, q):
             mine = [lat[t][r] for r in rs if r in kept[t]]
@@ -151,7 +218,24 @@ def main():
                             f"{len(kept['direct'])} direct): {mine / off:.2f}x ({lo:.2f}x - {hi:.2f}x); "
                             f"{t} - off = {mine - off:+.3f} ms"
                         )
+                if stops:
+                    mine, off = added(rounds, t, q, clear), added(rounds, "off", q, clear)
+                    boot = sorted(added(rs, t, q, clear) / added(rs, "off", q, clear) for rs in samples)
+                    lo, hi = boot[int(0.05 * BOOTSTRAP)], boot[int(0.95 * BOOTSTRAP) - 1]
+                    verdicts.append(
+                        f"  - requests clear of host stops (left out: {t} {100 * lost[t]:.1f} %, off "
+                        f"{100 * lost['off']:.1f} %, direct {100 * lost['direct']:.1f} %): {mine / off:.2f}x "
+                        f"({lo:.2f}x - {hi:.2f}x); {t} - off = {mine - off:+.3f} ms; added p{round(q * 100)} "
+                        f"{t} {mine:+.3f}, off {off:+.3f} ms"
+                    )
     text = "\n".join(lines) + "\n\n" + "\n".join(verdicts)
+    if stops:
+        windows, per_cpu = stops
+        text += "\n\nHost stops seen (examples/host_stops.rs, late wake-ups of >= 1 ms): " + "; ".join(
+            f"{cpu} {len(v)} (>= 5 ms {sum(ms >= 5 for _, ms in v)}, >= 10 ms {sum(ms >= 10 for _, ms in v)}, "
+            f"longest {max((ms for _, ms in v), default=0):.1f} ms, {sum(ms for _, ms in v):.0f} ms in all)"
+            for cpu, v in sorted(per_cpu.items())
+        ) + f"; windows left out {sum(b - a for a, b in windows):.1f} s in all (STOP_PAD {STOP_PAD * 1000:.0f} ms, DRAIN {DRAIN}x)."
     if steal_lines:
         text += (
             f"\n\n| mode | target | segments with steal >= {STOLEN_MS} ms | steal ms cpu0 / cpu1 (all segments) | busy cpu0 / cpu1 (median) |\n"
