@@ -72,7 +72,11 @@ OUT="$REPO/bench/results/$PREFIX-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
 echo "PIN=$PIN RUNS=$RUNS RATE=$RATE DURATION=$DURATION MODES=${MODES:-default} TMPDIR=${TMPDIR:-/tmp}" >"$OUT/layout.txt"
 echo "SLICE_MODES=${SLICE_MODES:-} SLICE_NS=${SLICE_NS:-} BATCH_MODES=${BATCH_MODES:-} OTLP_COUNT_ONLY=${OTLP_COUNT_ONLY:-0}" >>"$OUT/layout.txt"
 WORK="$(mktemp -d)"; PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+# The bench's processes outweigh the machine's others for the CPU (bench/cgroup.sh).
+source bench/cgroup.sh
+bench_cgroup_enter
+echo "bench cgroup: ${BENCH_CGROUP_DIR:-none}" >>"$OUT/layout.txt"
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; bench_cgroup_leave; rm -rf "$WORK"; }
 trap cleanup EXIT
 PORT_UP="${PORT_UP:-18191}"; PORT_GW="${PORT_GW:-18193}"; PORT_OTLP_HOST="${PORT_OTLP_HOST:-18195}"
 PORT_REDIS="${PORT_REDIS:-18197}"

@@ -21,7 +21,10 @@ if [ -z "${BIN:-}" ]; then cargo build --release --bins --quiet; fi
 BIN="${BIN:-target/release/sluice}"
 OUT="$REPO/bench/results/stalls-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
 WORK="$(mktemp -d)"; PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+# The bench's processes outweigh the machine's others for the CPU (bench/cgroup.sh).
+source bench/cgroup.sh
+bench_cgroup_enter
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; bench_cgroup_leave; rm -rf "$WORK"; }
 trap cleanup EXIT
 PORT_UP="${PORT_UP:-18491}"; PORT_GW="${PORT_GW:-18493}"; PORT_OTLP_HOST="${PORT_OTLP_HOST:-18495}"
 
@@ -75,5 +78,23 @@ n = len(d)
 q = lambda p: d[min(n - 1, int(n * p))] * 1e3  # noqa: E731
 print(f"n={n} p50={q(0.5):.3f} p99={q(0.99):.3f} p99.9={q(0.999):.3f} max={d[-1] * 1e3:.1f} ms; "
       f"over 10 ms: {sum(x > 0.010 for x in d)}")
+# Episodes: the slow requests (over 10 ms) grouped by overlapping intervals. One stall of the
+# process or its core delays every request in flight at once (one episode of many requests); a
+# slow connection or stream delays its own requests only (episodes of one).
+slow = sorted(sqlite3.connect(sys.argv[1]).execute(
+    "select coalesce(start_latency_correction, start), end from oha where duration > 0.010"))
+episodes = []
+for start, end in slow:
+    if episodes and start <= episodes[-1][1]:
+        episodes[-1][1] = max(episodes[-1][1], end)
+        episodes[-1][2] += 1
+    else:
+        episodes.append([start, end, 1])
+if episodes:
+    big = max(episodes, key=lambda e: e[2])
+    print(f"  episodes of requests over 10 ms: {len(episodes)}, of one request {sum(e[2] == 1 for e in episodes)}; "
+          f"largest {big[2]} requests over {1e3 * (big[1] - big[0]):.1f} ms at {big[0]:.3f} s; "
+          "starts (s): " + " ".join(f"{e[0]:.2f}({e[2]})" for e in episodes[:30]))
 PY
+  cp "$WORK/seg.db" "$OUT/seg-$run.db"
 done
