@@ -15,6 +15,12 @@ and upstream on core 1; on the bench's VM, with both vCPUs busy, they stopped fo
 and then while the steal counter rose, and with one busy they did not. Such a stop delays
 every request in flight, whatever the target, and made single 5 s segments of any target tens of ms
 slow at p99; bench/pooled.py reports ratios with and without the segments that saw steal.
+
+Mind (session 23): these loops are ordinary threads, so a gap is also any time another process of
+the guest had the CPU (RabbitMQ's Erlang VM, the kernel's kdamond). A real-time watcher on the same
+CPUs (examples/host_stops.rs) saw stops of at most 9.3 ms while these loops had gaps of up to 74 ms:
+the long gaps were the guest's own processes, and the host's stops are the short ones. The benches
+now keep the other processes off (bench/cgroup.sh) and record the host's stops (host_stops.rs).
 """
 import os
 import sys

@@ -266,7 +266,9 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
     fi
   done
   python3 bench/threadcpu.py diff "$WORK/receiver-before.json" "$WORK/receiver-after.json" "$exported" >"$OUT/receiver.cpu.json"
-  python3 bench/pooled.py "$OUT" "$WORK/lat" "$RUNS" "direct $MODES"
+  # Every request's latency and interval stay with the run (not committed: results/.gitignore).
+  mv "$WORK/lat" "$OUT/lat"
+  python3 bench/pooled.py "$OUT" "$OUT/lat" "$RUNS" "direct $MODES"
   echo "OTLP receiver, CPU µs per exported request: $(cat "$OUT/receiver.cpu.json")" | tee -a "$OUT/summary.md"
   exit 0
 fi
