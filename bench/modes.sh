@@ -28,6 +28,8 @@
 # stop it saw (HOST_STOPS=0: no watchers).
 # Without it (the layout of the older results), each target's Sluice is started for its turn and each
 # run's percentiles are medianed.
+# The script and everything it starts run in a CPU cgroup of their own at the largest weight, so the
+# machine's other processes take only the bench's idle time (bench/cgroup.sh; BENCH_CGROUP=0: not).
 # TMPDIR decides where the log file and the request log are written (mktemp; /dev/shm for tmpfs).
 # ALT="name=mode:binary ..." adds modes that run another Sluice binary with a mode's config: two builds
 # compared in the same run (build the other one first and copy it out of target/).
@@ -36,6 +38,8 @@
 # (default 100000 = 0.1 ms; bench/slice.py), so that they preempt a running background thread on
 # wake-up. With ALT naming the same binary, the same build with and without it in one run.
 # OTLP_COUNT_ONLY=1: the OTLP receiver decodes and counts spans but keeps none (less of core 1's time).
+# IDLE_MODES="a b": those modes' threads named in IDLE_THREADS (default sluice-reqlog, the request-log
+# writer) become SCHED_IDLE after the warm-up (with ALT naming the same binary: one build both ways).
 # BATCH_MODES="a b": those modes' background threads (all but the main thread and Tokio's) become
 # SCHED_BATCH after the warm-up: same weight, but they do not preempt a running thread on wake-up.
 # Sluice does this itself from 9059c5c on (src/telemetry/sched_class.rs); the knob is for older builds.
@@ -182,6 +186,12 @@ start_pinned() {
   if [[ " ${BATCH_MODES:-} " == *" $mode "* ]]; then
     for task in /proc/"$pid"/task/*; do
       case "$(cat "$task/comm")" in sluice|tokio-rt-worker) ;; *) chrt --batch -p 0 "${task##*/}" ;; esac
+    done
+  fi
+  if [[ " ${IDLE_MODES:-} " == *" $mode "* ]]; then
+    # Those threads (by name, default the request-log writer) into SCHED_IDLE: an experiment knob.
+    for task in /proc/"$pid"/task/*; do
+      if [[ " ${IDLE_THREADS:-sluice-reqlog} " == *" $(cat "$task/comm") "* ]]; then chrt --idle -p 0 "${task##*/}"; fi
     done
   fi
   if [ "$PIN" != process ]; then

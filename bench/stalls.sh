@@ -54,7 +54,7 @@ if [ "$KIND" = stream ]; then BODY='{"model":"bench","stream":true,"messages":[{
 if oha --help 2>&1 | grep -q -- '--output-format'; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
 OHA=(taskset -c 1 oha --no-tui "${OHA_JSON[@]}" -m POST -H 'content-type: application/json')
 URL="http://127.0.0.1:$PORT_GW/v1/chat/completions"
-echo "MODE=$MODE SECONDS=$SECS KIND=$KIND BG_CORES=${BG_CORES:-} BG_POLICY=${BG_POLICY:-} BG_NICE=${BG_NICE:-} BIN=$BIN" | tee "$OUT/summary.md"
+echo "MODE=$MODE SECONDS=$SECS KIND=$KIND BG_CORES=${BG_CORES:-} BG_POLICY=${BG_POLICY:-} BG_NICE=${BG_NICE:-} BIN=$BIN cgroup=${BENCH_CGROUP_DIR:-none}" | tee "$OUT/summary.md"
 
 for run in $(seq "$REPEAT"); do
   TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" serve --config "$WORK/sluice.toml" >"$WORK/sluice.log" 2>&1 &
