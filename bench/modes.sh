@@ -82,6 +82,8 @@ bench_cgroup_enter
 echo "bench cgroup: ${BENCH_CGROUP_DIR:-none}" >>"$OUT/layout.txt"
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; bench_cgroup_leave; rm -rf "$WORK"; }
 trap cleanup EXIT
+# Killed or interrupted: exit (once the command running then ends), so the EXIT trap cleans up.
+trap 'exit 130' INT TERM
 PORT_UP="${PORT_UP:-18191}"; PORT_GW="${PORT_GW:-18193}"; PORT_OTLP_HOST="${PORT_OTLP_HOST:-18195}"
 PORT_REDIS="${PORT_REDIS:-18197}"
 # The bench key (a config key, stored as its SHA-256); sent by every request, ignored when not required.

@@ -22,7 +22,7 @@ Host stops: when the run has examples/host_stops.rs's records (OUT/stops-cpu*.tx
 a real-time watcher on that CPU woke 1 ms or more late, so the CPU ran nothing) and each segment's
 request intervals (LATDIR/r*.times.txt, wall clock), each ratio is given a third time over the
 requests no stop touched ("clear of host stops"). A stop of L ms is widened to a window from
-STOP_PAD_MS before it to max(STOP_PAD_MS, DRAIN x L) after it: the queue that built up behind it
+STOP_PAD (10 ms) before it to max(STOP_PAD, DRAIN x L) after it: the queue that built up behind it
 drains afterwards, more slowly on a busier core (about L x rho / (1 - rho): 5.7 L at 85 % busy), so
 DRAIN is generous for every target alike. A request meeting a window is left out, whatever its
 target; how many each target lost is printed next to the ratio.
@@ -45,7 +45,7 @@ STOLEN_MS = 10
 STOP_PAD = 0.010
 DRAIN = 10
 # oha's clock starts this long at most after the segment's wall-clock stamp (modes.sh: `date`, then
-# exec of taskset and oha, then oha's set-up; bench/oha_clock.py measures it: 17-43 ms with a build
+# exec of taskset and oha, then oha's set-up; bench/oha_clock.py measures it: 25-37 ms with a build
 # busy on both cores), so a request may have run up to this much later than its recorded interval
 # says: its end is taken as that much later.
 OHA_SLACK = 0.050
@@ -122,6 +122,7 @@ def busy_percent(out, rounds, mode, target):
 
 def quantile(segments, q):
     """The q-quantile (lower) of the union of sorted lists, to 0.1 µs."""
+    segments = [s for s in segments if s]  # a segment may lose every request to host stops
     total = sum(len(s) for s in segments)
     rank = max(1, int(q * total + 0.999999))  # samples that must be <= the answer
     lo = min(s[0] for s in segments)

@@ -26,6 +26,8 @@ source bench/cgroup.sh
 bench_cgroup_enter
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; bench_cgroup_leave; rm -rf "$WORK"; }
 trap cleanup EXIT
+# Killed or interrupted: exit (once the command running then ends), so the EXIT trap cleans up.
+trap 'exit 130' INT TERM
 PORT_UP="${PORT_UP:-18491}"; PORT_GW="${PORT_GW:-18493}"; PORT_OTLP_HOST="${PORT_OTLP_HOST:-18495}"
 
 taskset -c 1 target/release/sluice-mock-upstream --listen "127.0.0.1:$PORT_UP" --no-record 2>"$WORK/up.log" &
