@@ -257,9 +257,16 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
         # oha's request times are relative to its start, a few ms after this wall-clock stamp.
         date +%s.%N >"$WORK/seg.base"
         "${OHA[@]}" -z "$DURATION" -c 50 -q "$RATE" --latency-correction -d "$body" --db-url "$WORK/seg.db" "${URL_OF[$target]}" >"$OUT/r$run-$mode-$target.json"
-        python3 -c 'import sqlite3,sys; print("\n".join(f"{d:.9f}" for (d,) in sqlite3.connect(sys.argv[1]).execute("select duration from oha")))' "$WORK/seg.db" >"$WORK/lat/r$run-$mode-$target.txt"
-        # Each request's interval (from its scheduled start, as the latency counts it) on the wall clock.
-        python3 -c 'import sqlite3,sys; b=float(open(sys.argv[2]).read()); print("\n".join(f"{b+s:.6f} {b+e:.6f}" for s,e in sqlite3.connect(sys.argv[1]).execute("select coalesce(start_latency_correction, start), end from oha")))' "$WORK/seg.db" "$WORK/seg.base" >"$WORK/lat/r$run-$mode-$target.times.txt"
+        # Each request's latency, and its interval (from its scheduled start, as the latency counts
+        # it) on the wall clock, line for line.
+        python3 - "$WORK/seg.db" "$WORK/seg.base" "$WORK/lat/r$run-$mode-$target" <<'PY'
+import sqlite3, sys
+base = float(open(sys.argv[2]).read())
+rows = sqlite3.connect(sys.argv[1]).execute("select duration, coalesce(start_latency_correction, start), end from oha").fetchall()
+with open(f"{sys.argv[3]}.txt", "w") as lat, open(f"{sys.argv[3]}.times.txt", "w") as times:
+    lat.writelines(f"{d:.9f}\n" for d, _, _ in rows)
+    times.writelines(f"{base + s:.6f} {base + e:.6f}\n" for _, s, e in rows)
+PY
         python3 bench/threadcpu.py snapshot-irq >"$WORK/irq-after.json"
         python3 bench/threadcpu.py diff "$WORK/irq-before.json" "$WORK/irq-after.json" "$(wc -l <"$WORK/lat/r$run-$mode-$target.txt")" >"$OUT/r$run-$mode-$target.irq.json"
         if [ -n "$pid" ]; then
