@@ -6,22 +6,26 @@
 //! millisecond a request was received above [`SEQ_LOW_BITS`] bits that tell apart the requests of one
 //! millisecond ([`SeqSource`]). So the table itself is in arrival order, and what needed an index of
 //! its own before is a range of keys: "newest first" and `since=` listings, "older than the
-//! retention age", "the oldest surplus rows". The `model` and `status` indexes hold the key as well,
-//! so a filtered listing reads them newest first. Lookups by id: Sluice's own request ids are UUIDv7,
+//! retention age", "the oldest surplus rows". The `model` and `requests_errors` indexes hold the key
+//! as well, so a filtered listing reads them newest first. `requests_errors` holds only the records
+//! whose status is an error ([`ERROR_STATUS`] or above): those are what a status filter is for, and
+//! most records are not errors, so most inserts skip that B-tree (a listing of a non-error status
+//! reads the table newest first until it has its `limit` rows, quick while such rows are common). Lookups by id: Sluice's own request ids are UUIDv7,
 //! whose timestamp is the arrival millisecond (give or take [`ID_TIME_SLACK_MS`]), so such a record
 //! is found by scanning the keys of those few milliseconds; only records whose id says nothing
 //! about their arrival (chosen by the client) go into `requests_id`, a partial index
 //! (`id_indexed`). Each index is an insert into another B-tree per record on the writer thread
-//! (measured: docs/BENCHMARKS.md, session 19), which is why there are no more of them.
+//! (measured: docs/BENCHMARKS.md, sessions 19 and 22), which is why there are no more of them.
 //!
 //! Bodies and the timeline (JSON, in the form `timeline.rs` describes) are the last columns, so
 //! listings do not read their overflow pages.
 //!
 //! Schema versions (`PRAGMA user_version`): 1, timelines as JSON objects; 2, the same table with
-//! timelines as compact arrays; 3, keyed by arrival, three indexes. A version-1 or -2 file is rebuilt
-//! as version 3 when it is opened (one transaction: its rows copied in arrival order, every one
-//! into the id index; the reader understands both timeline forms); a build that knows only 1 or 2 then
-//! refuses it instead of misreading it.
+//! timelines as compact arrays; 3, keyed by arrival, three indexes; 4, the status index holds only
+//! errors. A version-1 or -2 file is rebuilt as version 4 when it is opened (one transaction: its rows
+//! copied in arrival order, every one into the id index; the reader understands both timeline forms);
+//! a version-3 file has its status index replaced. A build that knows only older versions then refuses
+//! the file instead of misreading it.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,9 +38,17 @@ use super::record::{RequestFilter, RequestRecord, RequestSummary};
 use super::timeline;
 
 /// The schema this build writes; stored in `PRAGMA user_version`.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
-/// The table of schema 3, under the name `{table}`.
+/// The lowest status `requests_errors` holds.
+const ERROR_STATUS: u16 = 400;
+
+/// `requests_errors`' condition, written as a literal into [`INDEXES`] and into a listing's statement
+/// whose status filter is an error: SQLite uses a partial index only for a query whose terms include
+/// the index's own (a `?` it cannot see through).
+const ERROR_STATUS_TERM: &str = "status >= 400";
+
+/// The table of schemas 3 and 4, under the name `{table}`.
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
     seq            INTEGER PRIMARY KEY,
     id             TEXT    NOT NULL,
@@ -64,11 +76,13 @@ const TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
     timeline       TEXT    NOT NULL
 );";
 
-/// The indexes of schema 3. Each holds the key after its column, so `model = ?` and `status = ?`
-/// read newest first (and `since=` is a key range) without sorting.
+/// The indexes of schema 4. Each holds the key after its column, so `model = ?` and `status = ?`
+/// read newest first (and `since=` is a key range) without sorting. `requests_errors` replaced
+/// schema 3's `requests_status` (every record): sparing most records that insert saves ~3,600
+/// instructions each on the writer (`bench/reqlog_index_cost.py`, docs/BENCHMARKS.md session 22).
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS requests_model ON requests (model);
-CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
+CREATE INDEX IF NOT EXISTS requests_errors ON requests (status) WHERE status >= 400;
 CREATE INDEX IF NOT EXISTS requests_id ON requests (id) WHERE id_indexed;
 ";
 
@@ -81,7 +95,7 @@ INSERT INTO requests_count (n) SELECT count(*) FROM requests
     WHERE NOT EXISTS (SELECT 1 FROM requests_count);
 ";
 
-/// The columns of schema 1 and 2 that schema 3 keeps, in both tables' order.
+/// The columns of schema 1 and 2 that schemas 3 and 4 keep, in both tables' order.
 const KEPT_COLUMNS: &str = "id, received_at, trace_id, key_id, route, method, model, provider, \
     status, stream, latency_ms, ttft_ms, upstream_ms, input_tokens, output_tokens, cost_usd, \
     error_kind, cache, error_message, request_body, response_body, timeline";
@@ -283,6 +297,8 @@ fn migrate(conn: &Connection) -> Result<(), RequestLogError> {
             {COUNT_TABLE}",
             table = TABLE.replace("{table}", "requests_v3"),
         ),
+        // Schema 3's table as it is; its status index (every record) gives way to the errors' one.
+        3 => format!("DROP INDEX IF EXISTS requests_status;\n{INDEXES}"),
         SCHEMA_VERSION => return Ok(()),
         found => {
             return Err(RequestLogError::SchemaTooNew {
@@ -472,7 +488,7 @@ fn listing(filter: &RequestFilter) -> (String, Vec<Value>) {
     let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM requests");
     let mut params: Vec<Value> = Vec::with_capacity(4);
     // Only the conditions given, so SQLite can pick the matching index (`model = ?1 OR ?1 IS NULL`
-    // would defeat it). At most eight distinct statements, each cached.
+    // would defeat it). At most twelve distinct statements, each cached.
     let mut conditions = Vec::with_capacity(3);
     if let Some(model) = &filter.model {
         conditions.push("model = ?");
@@ -481,6 +497,9 @@ fn listing(filter: &RequestFilter) -> (String, Vec<Value>) {
     if let Some(status) = filter.status {
         conditions.push("status = ?");
         params.push(Value::Integer(i64::from(status)));
+        if status >= ERROR_STATUS {
+            conditions.push(ERROR_STATUS_TERM);
+        }
     }
     if let Some(since) = filter.since_ms {
         // Received at `since` or later: a range of keys.
@@ -1004,14 +1023,74 @@ mod tests {
     #[test]
     fn schema_from_the_future_is_refused() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", 4).unwrap();
+        conn.pragma_update(None, "user_version", 5).unwrap();
         assert!(matches!(
             migrate(&conn),
             Err(RequestLogError::SchemaTooNew {
-                found: 4,
-                supported: 3
+                found: 5,
+                supported: 4
             })
         ));
+    }
+
+    #[test]
+    fn error_status_term_is_the_error_index_condition() {
+        assert_eq!(ERROR_STATUS_TERM, format!("status >= {ERROR_STATUS}"));
+        assert!(
+            INDEXES.contains(&format!("ON requests (status) WHERE {ERROR_STATUS_TERM};")),
+            "{INDEXES}"
+        );
+    }
+
+    #[test]
+    fn schema_3_file_gets_the_error_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "{}
+            CREATE INDEX requests_model ON requests (model);
+            CREATE INDEX requests_status ON requests (status);
+            CREATE INDEX requests_id ON requests (id) WHERE id_indexed;
+            {COUNT_TABLE}
+            PRAGMA user_version = 3;",
+            TABLE.replace("{table}", "requests")
+        ))
+        .unwrap();
+        // Written by a schema-3 build: the row format is the same.
+        let mut failed = rec("failed", 2_000);
+        failed.status = 502;
+        insert(&mut conn, &[rec("ok", 1_000), failed]).unwrap();
+        migrate(&conn).unwrap();
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
+        let indexes: Vec<String> = column(
+            &conn,
+            "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name",
+        );
+        assert_eq!(
+            indexes,
+            ["requests_errors", "requests_id", "requests_model"]
+        );
+        // The index holds the error rows only, and both kinds of status filter find their rows.
+        let in_index: Vec<String> = column(
+            &conn,
+            "SELECT id FROM requests INDEXED BY requests_errors WHERE status >= 400",
+        );
+        assert_eq!(in_index, ["failed"]);
+        let by_status = |status| {
+            query(
+                &conn,
+                &RequestFilter {
+                    status: Some(status),
+                    ..RequestFilter::default()
+                },
+            )
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(by_status(502), ["failed"]);
+        assert_eq!(by_status(200), ["ok"]);
+        assert_eq!(count(&conn).unwrap(), 2);
     }
 
     /// The schema of versions 1 and 2 (one table, four indexes, keys in the order rows were logged).
@@ -1090,7 +1169,7 @@ mod tests {
             );
             assert_eq!(
                 indexes,
-                ["requests_id", "requests_model", "requests_status"]
+                ["requests_errors", "requests_id", "requests_model"]
             );
             let by_model = query(
                 &conn,
@@ -1102,7 +1181,7 @@ mod tests {
             .unwrap();
             let by_model: Vec<_> = by_model.into_iter().map(|s| s.id).collect();
             assert_eq!(by_model, ["d", "c", "a"]);
-            // New rows go on as schema 3 rows; upgrading twice is a no-op.
+            // New rows go on as schema 4 rows; upgrading twice is a no-op.
             insert(&mut conn, &[rec("new", 9_000)]).unwrap();
             migrate(&conn).unwrap();
             assert_eq!(ids(&conn), ["e", "b", "a", "c", "d", "new"]);
@@ -1366,9 +1445,23 @@ mod tests {
             ..RequestFilter::default()
         });
         assert!(
-            by_status.contains("requests_status (status=?)"),
+            by_status.contains("requests_errors (status=?)"),
             "{by_status}"
         );
+        let by_lowest_error = plan(RequestFilter {
+            status: Some(ERROR_STATUS),
+            ..RequestFilter::default()
+        });
+        assert!(
+            by_lowest_error.contains("requests_errors (status=?)"),
+            "{by_lowest_error}"
+        );
+        // Not an error: the table newest first, the status checked on each row.
+        let by_ok = plan(RequestFilter {
+            status: Some(200),
+            ..RequestFilter::default()
+        });
+        assert_eq!(by_ok, "SCAN requests", "{by_ok}");
         // A lookup by id: the partial index, and a range of keys.
         let indexed = conn
             .prepare(
