@@ -46,6 +46,9 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     out, runs = sys.argv[1], sys.argv[2:]
+    for run in runs:
+        if not os.path.isdir(os.path.join(run, "lat")):
+            sys.exit(f"{run}: no lat/ (per-request files stay on the machine that made the run)")
     known = set.intersection(*(targets(run) for run in runs))
     if "direct" not in known or "off" not in known:
         sys.exit("the runs do not all have direct and off segments in lat/")
