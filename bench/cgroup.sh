@@ -1,4 +1,4 @@
-# Sourced by bench scripts (modes.sh, stalls.sh): `bench_cgroup_enter` moves the calling script, and so
+# Sourced by bench scripts (modes.sh, stalls.sh, run.sh): `bench_cgroup_enter` moves the calling script, and so
 # everything it starts afterwards, into a CPU cgroup of its own with the largest weight the kernel
 # allows; `bench_cgroup_leave` (from the script's exit trap, after its processes are killed) moves
 # it back and removes the group. BENCH_CGROUP=0: neither.
