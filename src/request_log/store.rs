@@ -788,6 +788,17 @@ mod tests {
             .unwrap()
     }
 
+    /// The indexes of a file at schema 4, by name.
+    const SCHEMA_4_INDEXES: [&str; 3] = ["requests_errors", "requests_id", "requests_model"];
+
+    /// The names of the file's indexes, sorted.
+    fn index_names(conn: &Connection) -> Vec<String> {
+        column(
+            conn,
+            "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name",
+        )
+    }
+
     /// The ids in key (arrival) order; checks that `requests_count` agrees with the table.
     fn ids(conn: &Connection) -> Vec<String> {
         let ids: Vec<String> = column(conn, "SELECT id FROM requests ORDER BY seq");
@@ -1062,14 +1073,7 @@ mod tests {
         insert(&mut conn, &[rec("ok", 1_000), failed]).unwrap();
         migrate(&conn).unwrap();
         assert_eq!(user_version(&conn), SCHEMA_VERSION);
-        let indexes: Vec<String> = column(
-            &conn,
-            "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name",
-        );
-        assert_eq!(
-            indexes,
-            ["requests_errors", "requests_id", "requests_model"]
-        );
+        assert_eq!(index_names(&conn), SCHEMA_4_INDEXES);
         // The index holds the error rows only, and both kinds of status filter find their rows.
         let in_index: Vec<String> = column(
             &conn,
@@ -1164,14 +1168,7 @@ mod tests {
                     TimelineEvent::with_detail(2.5, "done", "timeout")
                 );
             }
-            let indexes: Vec<String> = column(
-                &conn,
-                "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name",
-            );
-            assert_eq!(
-                indexes,
-                ["requests_errors", "requests_id", "requests_model"]
-            );
+            assert_eq!(index_names(&conn), SCHEMA_4_INDEXES);
             let by_model = query(
                 &conn,
                 &RequestFilter {
