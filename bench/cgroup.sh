@@ -1,19 +1,20 @@
-# Sourced by bench scripts (modes.sh, stalls.sh, run.sh): `bench_cgroup_enter` moves the calling script, and so
-# everything it starts afterwards, into a CPU cgroup of its own with the largest weight the kernel
-# allows; `bench_cgroup_leave` (from the script's exit trap, after its processes are killed) moves
-# it back and removes the group. BENCH_CGROUP=0: neither.
+# Sourced by bench scripts (modes.sh, stalls.sh, run.sh): `bench_cgroup_enter` moves the calling
+# script, and so everything it starts afterwards, into a CPU cgroup of its own with the largest
+# weight the kernel allows; `bench_cgroup_leave` (from the script's exit trap, after its processes
+# are killed) moves it back and removes the group. BENCH_CGROUP=0: neither.
 #
 # Why (docs/BENCHMARKS.md, session 23): the bench machines run other services (RabbitMQ's Erlang VM
 # took ~70 % of a core for ~0.4 s now and then; the kernel's kdamond runs for ~3 ms at a time). At
 # equal weight such a burst takes a share of Sluice's core and requests queue behind it: 30 s of
-# streams at 2,000/s had p99s of 27 and 82 ms, against 2.7 ms in the group, whatever the target. With the bench's processes
-# weighted 256 times any other process (cgroup v1 `cpu.shares` 262144 against 1024), the others run in
-# the bench's idle time and take ~0.4 % of a core it wants. Inside the group nothing changes: Sluice's
-# threads keep their classes and nice values (its background threads still enter `SCHED_BATCH`).
-# Kernel threads that work for the bench (jbd2, kworkers) are outside the group too, so they also
-# wait for the bench's idle time; the cores are not saturated in these benches (see each summary's
-# busy shares). Needs root and a writable cgroup v1 `cpu` hierarchy, or cgroup v2 with the cpu
-# controller enabled at the root; otherwise it says so and the bench runs as before.
+# streams at 2,000/s had p99s of 27 and 82 ms, against 2.7 ms in the group, whatever the target.
+# With the bench's processes weighted 256 times any other process (cgroup v1 `cpu.shares` 262144
+# against 1024), the others run in the bench's idle time and take ~0.4 % of a core it wants. Inside
+# the group nothing changes: Sluice's threads keep their classes and nice values (its background
+# threads still enter `SCHED_BATCH`). Kernel threads that work for the bench (jbd2, kworkers) are
+# outside the group too, so they also wait for the bench's idle time; the cores are not saturated in
+# these benches (see each summary's busy shares). Needs root and a writable cgroup v1 `cpu`
+# hierarchy, or cgroup v2 with the cpu controller enabled at the root; otherwise it says so and the
+# bench runs as before.
 
 bench_cgroup_enter() {
   BENCH_CGROUP_DIR=""
